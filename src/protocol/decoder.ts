@@ -25,7 +25,8 @@ export interface Frame {
   readonly payload: Uint8Array;
 }
 
-const EMPTY = new Uint8Array(0);
+/** Shared empty payload (a Buffer, like every other payload cut from Buffer chunks). */
+const EMPTY: Buffer = Buffer.alloc(0);
 
 /**
  * Incremental framer: push bytes as they arrive, pull complete frames.
