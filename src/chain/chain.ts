@@ -1,0 +1,542 @@
+/**
+ * Runs the filters of a chain with the semantics of an MTA that talks to several milters
+ * (Postfix `smtpd_milters = a, b`, Sendmail `InputMailFilters=a,b`):
+ *
+ * - Envelope phases go to the filters in order and stop at the first non-continue verdict.
+ * - REJECT/TEMPFAIL at RCPT refuse that recipient only; later filters never see it.
+ * - A filter that ACCEPTs is out for the rest of the message (at connect/helo: the connection).
+ * - DISCARD, and REJECT/TEMPFAIL elsewhere, end the message for every filter.
+ * - At end of message each filter in turn sees the headers and body as edited by the filters
+ *   before it; the session turns the final state into one minimal set of actions.
+ *
+ * Hooks that return plain values are run synchronously: no promise, timer or allocation per
+ * call on the hot path. Only a hook that returns a promise gets a timer.
+ * @module
+ */
+import { performance } from 'node:perf_hooks';
+import { MilterdError, type ErrorCode } from '../errors.ts';
+import { checkReplyClass, formatReplyCode } from '../protocol/reply-code.ts';
+import { BodyStore, type BodyStoreOptions } from './content.ts';
+import type {
+  ChainEntry,
+  ConnectionInfo,
+  EnvelopeAddress,
+  EomMessage,
+  FailurePolicy,
+  Filter,
+  FilterAction,
+  FilterContext,
+  FilterLogger,
+  HeaderField,
+  HookResult,
+  MacroStage,
+  Verdict,
+} from './filter.ts';
+import { MessageEditor, type MessageSnapshot } from './message.ts';
+
+/** Phases a filter can have a hook for. */
+export type Phase = 'connect' | 'helo' | 'envfrom' | 'envrcpt' | 'data' | 'unknown' | 'eom';
+
+/** What the chain decided for one MTA command. `reply` is a validated SMFIR_REPLYCODE text. */
+export type Outcome =
+  | { readonly type: 'continue' }
+  | { readonly type: 'accept' }
+  | { readonly type: 'discard' }
+  | { readonly type: 'reject' | 'tempfail'; readonly reply?: string };
+
+/** End of message: a verdict, and for continue/accept the final message state. */
+export type EomOutcome =
+  | { readonly type: 'accept'; readonly final: MessageSnapshot }
+  | { readonly type: 'reject' | 'tempfail'; readonly reply?: string }
+  | { readonly type: 'discard' };
+
+/** Host-wide defaults for chain entries, from configuration. */
+export interface ChainDefaults {
+  readonly onError: FailurePolicy;
+  readonly timeoutMs: number;
+  readonly messageBudgetMs: number;
+}
+
+/** Built-in defaults (configuration overrides them). */
+export const DEFAULT_CHAIN_DEFAULTS: ChainDefaults = {
+  onError: 'tempfail', // like Postfix's milter_default_action
+  timeoutMs: 10_000, // below Postfix's 30 s milter_command_timeout
+  messageBudgetMs: 60_000,
+};
+
+/** What the whole chain needs from the MTA; drives negotiation. */
+export interface ChainNeeds {
+  readonly hooks: ReadonlySet<Phase>;
+  readonly headers: boolean;
+  readonly body: boolean;
+  readonly actions: ReadonlySet<FilterAction>;
+  readonly macros: ReadonlyMap<MacroStage, ReadonlySet<string>>;
+}
+
+interface CompiledEntry {
+  readonly filter: Filter;
+  readonly name: string;
+  readonly onError: FailurePolicy;
+  readonly timeoutMs: number;
+  readonly messageBudgetMs: number;
+  readonly actions: ReadonlySet<FilterAction>;
+}
+
+const ENVELOPE_PHASES: readonly Phase[] = ['connect', 'helo', 'envfrom', 'envrcpt', 'data', 'unknown', 'eom'];
+
+/** An immutable, validated chain, shared by every connection that negotiated with it. */
+export class Chain {
+  readonly entries: readonly CompiledEntry[];
+  readonly needs: ChainNeeds;
+
+  constructor(entries: readonly ChainEntry[], defaults: ChainDefaults = DEFAULT_CHAIN_DEFAULTS) {
+    const names = new Set<string>();
+    this.entries = entries.map((e) => {
+      const name = e.filter.name;
+      if (typeof name !== 'string' || name === '') throw new TypeError('every filter needs a non-empty name');
+      if (names.has(name)) throw new TypeError(`filter name ${name} appears twice in the chain`);
+      names.add(name);
+      return {
+        filter: e.filter,
+        name,
+        onError: e.onError ?? defaults.onError,
+        timeoutMs: e.timeoutMs ?? defaults.timeoutMs,
+        messageBudgetMs: e.messageBudgetMs ?? defaults.messageBudgetMs,
+        actions: new Set(e.filter.actions ?? []),
+      };
+    });
+    const hooks = new Set<Phase>();
+    const actions = new Set<FilterAction>();
+    const macros = new Map<MacroStage, Set<string>>();
+    let headers = false;
+    let body = false;
+    for (const e of this.entries) {
+      const f = e.filter;
+      for (const p of ENVELOPE_PHASES) if (typeof f[p] === 'function') hooks.add(p);
+      if (typeof f.eom === 'function') {
+        headers ||= f.reads?.headers ?? true;
+        body ||= f.reads?.body ?? true;
+      }
+      for (const a of e.actions) actions.add(a);
+      for (const [stage, list] of Object.entries(f.macros ?? {}) as [MacroStage, readonly string[]][]) {
+        let set = macros.get(stage);
+        if (set === undefined) macros.set(stage, (set = new Set()));
+        for (const m of list) set.add(m);
+      }
+    }
+    this.needs = { hooks, headers, body, actions, macros };
+  }
+}
+
+/** What a connection's chain run needs from its session. */
+export interface RunEnv {
+  readonly connection: () => ConnectionInfo;
+  readonly from: () => EnvelopeAddress | undefined;
+  readonly rcpts: () => readonly EnvelopeAddress[];
+  readonly getSymbol: (name: string) => string | undefined;
+  /** Logger bound to session (and queue id when known). */
+  readonly log: () => FilterLogger & { child(b: object): FilterLogger };
+  /** Actions the MTA granted in negotiation. */
+  readonly negotiated: ReadonlySet<FilterAction>;
+  /** SMFIF_ADDRCPT_PAR granted. */
+  readonly addRcptArgs: boolean;
+  readonly bodyStore: BodyStoreOptions;
+}
+
+/** Per filter, per connection. */
+class Slot implements FilterContext {
+  readonly entry: CompiledEntry;
+  readonly #env: RunEnv;
+  connOut = false;
+  msgOut = false;
+  msgElapsed = 0;
+  connState: Record<string, unknown> = {};
+  msgState: Record<string, unknown> = {};
+  controller: AbortController | undefined;
+  #log: FilterLogger | undefined;
+
+  constructor(entry: CompiledEntry, env: RunEnv) {
+    this.entry = entry;
+    this.#env = env;
+  }
+  get filter(): string {
+    return this.entry.name;
+  }
+  get connection(): ConnectionInfo {
+    return this.#env.connection();
+  }
+  get from(): EnvelopeAddress | undefined {
+    return this.#env.from();
+  }
+  get rcpts(): readonly EnvelopeAddress[] {
+    return this.#env.rcpts();
+  }
+  getSymbol(name: string): string | undefined {
+    return this.#env.getSymbol(name);
+  }
+  get log(): FilterLogger {
+    return (this.#log ??= this.#env.log().child({ filter: this.entry.name }));
+  }
+  /** Created on first use: most hooks never look at it. */
+  get signal(): AbortSignal {
+    return (this.controller ??= new AbortController()).signal;
+  }
+  resetMessage(): void {
+    this.msgOut = false;
+    this.msgElapsed = 0;
+    this.msgState = {};
+    this.#log = undefined; // the queue id changes
+  }
+}
+
+/** A hook's result after checks: a verdict, or a failure to be turned into the policy. */
+type Decision = { readonly ok: true; readonly verdict: Outcome } | { readonly ok: false; readonly error: MilterdError };
+
+const CONTINUE: Outcome = { type: 'continue' };
+const ACCEPT: Outcome = { type: 'accept' };
+const NO_HOOK = Symbol('no hook');
+
+function isThenable(v: unknown): v is PromiseLike<unknown> {
+  return v !== null && typeof v === 'object' && typeof (v as { then?: unknown }).then === 'function';
+}
+
+/** Is this phase about the connection (accept = out for the connection) rather than the message? */
+function connectionScoped(phase: Phase): boolean {
+  return phase === 'connect' || phase === 'helo' || phase === 'unknown';
+}
+
+/** Runs one connection's filters. Created per connection (and again after QUIT_NC). */
+export class ChainRun {
+  readonly chain: Chain;
+  readonly #env: RunEnv;
+  readonly #slots: Slot[];
+
+  constructor(chain: Chain, env: RunEnv) {
+    this.chain = chain;
+    this.#env = env;
+    this.#slots = chain.entries.map((e) => new Slot(e, env));
+  }
+
+  connect(info: ConnectionInfo): Outcome | Promise<Outcome> {
+    return this.#run('connect', 0, (s) => (s.entry.filter.connect ? s.entry.filter.connect(s, info) : NO_HOOK));
+  }
+  helo(name: string): Outcome | Promise<Outcome> {
+    return this.#run('helo', 0, (s) => (s.entry.filter.helo ? s.entry.filter.helo(s, name) : NO_HOOK));
+  }
+  /** MAIL: also starts a new message for every filter. */
+  envfrom(from: EnvelopeAddress): Outcome | Promise<Outcome> {
+    for (const s of this.#slots) s.resetMessage();
+    return this.#run('envfrom', 0, (s) => (s.entry.filter.envfrom ? s.entry.filter.envfrom(s, from) : NO_HOOK));
+  }
+  envrcpt(rcpt: EnvelopeAddress): Outcome | Promise<Outcome> {
+    return this.#run('envrcpt', 0, (s) => (s.entry.filter.envrcpt ? s.entry.filter.envrcpt(s, rcpt) : NO_HOOK));
+  }
+  data(): Outcome | Promise<Outcome> {
+    return this.#run('data', 0, (s) => (s.entry.filter.data ? s.entry.filter.data(s) : NO_HOOK));
+  }
+  unknown(command: string): Outcome | Promise<Outcome> {
+    return this.#run('unknown', 0, (s) => (s.entry.filter.unknown ? s.entry.filter.unknown(s, command) : NO_HOOK));
+  }
+
+  /** True when no filter is left for this message: the MTA may be told ACCEPT. */
+  #allOut(phase: Phase): boolean {
+    if (this.#slots.length === 0) return false;
+    return this.#slots.every((s) => s.connOut || (!connectionScoped(phase) && s.msgOut));
+  }
+
+  #run(phase: Phase, from: number, invoke: (s: Slot) => HookResult | typeof NO_HOOK): Outcome | Promise<Outcome> {
+    const slots = this.#slots;
+    for (let i = from; i < slots.length; i++) {
+      const slot = slots[i]!;
+      if (slot.connOut || (slot.msgOut && !connectionScoped(phase))) continue;
+      const d = this.#call(slot, phase, () => invoke(slot));
+      if (d === undefined) continue; // no hook
+      if (isThenable(d)) {
+        return d.then((dd) => this.#after(slot, phase, dd) ?? this.#run(phase, i + 1, invoke));
+      }
+      const stop = this.#after(slot, phase, d);
+      if (stop !== undefined) return stop;
+    }
+    return this.#allOut(phase) ? ACCEPT : CONTINUE;
+  }
+
+  /** Applies a decision to the slot; returns an Outcome when the chain stops here. */
+  #after(slot: Slot, phase: Phase, d: Decision): Outcome | undefined {
+    let v: Outcome;
+    if (d.ok) v = d.verdict;
+    else {
+      this.#logFailure(slot, phase, d.error);
+      switch (slot.entry.onError) {
+        case 'continue':
+          // Skip the failing filter for the rest of the message (the connection at connect/helo).
+          if (connectionScoped(phase)) slot.connOut = true;
+          else slot.msgOut = true;
+          return undefined;
+        case 'accept':
+          return ACCEPT_STOP;
+        case 'tempfail':
+          return { type: 'tempfail' };
+        case 'reject':
+          return { type: 'reject' };
+      }
+    }
+    switch (v.type) {
+      case 'continue':
+        return undefined;
+      case 'accept':
+        if (connectionScoped(phase)) slot.connOut = true;
+        else slot.msgOut = true;
+        return undefined;
+      default:
+        return v;
+    }
+  }
+
+  #logFailure(slot: Slot, phase: Phase, err: MilterdError): void {
+    this.#env.log().warn(
+      { filter: slot.entry.name, hook: phase, code: err.code, err: err.message, policy: slot.entry.onError },
+      `filter ${slot.entry.name} failed in ${phase}: ${err.message}`,
+    );
+  }
+
+  /**
+   * Calls one hook with the filter's time budgets. Returns undefined when the filter has no
+   * such hook, a Decision for a synchronous hook, a promise of one otherwise.
+   */
+  #call(slot: Slot, phase: Phase, fn: () => HookResult | typeof NO_HOOK): Decision | Promise<Decision> | undefined {
+    const budget = slot.entry.messageBudgetMs - slot.msgElapsed;
+    if (budget <= 0) {
+      return fail('MILTERD_FILTER_MESSAGE_BUDGET', `used its ${slot.entry.messageBudgetMs} ms budget for this message`);
+    }
+    const start = performance.now();
+    let r: HookResult | typeof NO_HOOK;
+    try {
+      r = fn();
+    } catch (err) {
+      slot.msgElapsed += performance.now() - start;
+      return thrown(err);
+    }
+    if (r === NO_HOOK) return undefined;
+    if (!isThenable(r)) {
+      slot.msgElapsed += performance.now() - start;
+      slot.controller = undefined;
+      return checkVerdict(phase, r);
+    }
+    const limit = Math.min(slot.entry.timeoutMs, budget);
+    return new Promise<Decision>((resolve) => {
+      const timer = setTimeout(() => {
+        slot.controller?.abort(new MilterdError('MILTERD_FILTER_TIMEOUT', 'hook timed out'));
+        slot.controller = undefined;
+        slot.msgElapsed += performance.now() - start;
+        resolve(fail('MILTERD_FILTER_TIMEOUT', `${phase} did not settle within ${Math.round(limit)} ms`));
+      }, limit);
+      (r as PromiseLike<Verdict | undefined | void>).then(
+        (v) => {
+          clearTimeout(timer);
+          slot.controller = undefined;
+          slot.msgElapsed += performance.now() - start;
+          resolve(checkVerdict(phase, v));
+        },
+        (err: unknown) => {
+          clearTimeout(timer);
+          slot.controller = undefined;
+          slot.msgElapsed += performance.now() - start;
+          resolve(thrown(err));
+        },
+      );
+    });
+  }
+
+  /**
+   * End of message: each filter with an eom hook in turn, on the message as left by the ones
+   * before it. Filters out for the message (accepted, failed with 'continue') are skipped.
+   */
+  async eom(base: MessageSnapshot): Promise<EomOutcome> {
+    let current = base;
+    for (const slot of this.#slots) {
+      if (slot.connOut || slot.msgOut || typeof slot.entry.filter.eom !== 'function') continue;
+      const editor = new MessageEditor(current, slot.entry.actions, this.#env.negotiated, this.#env.addRcptArgs);
+      const view = new EomView(editor);
+      const pending = this.#call(slot, 'eom', () => slot.entry.filter.eom!(slot, view));
+      const d = pending === undefined ? undefined : await pending;
+      editor.closed = true;
+      if (d === undefined) continue;
+      if (!d.ok) {
+        this.#logFailure(slot, 'eom', d.error);
+        switch (slot.entry.onError) {
+          case 'continue':
+            slot.msgOut = true;
+            continue; // its edits are dropped
+          case 'accept':
+            return { type: 'accept', final: current };
+          case 'tempfail':
+            return { type: 'tempfail' };
+          case 'reject':
+            return { type: 'reject' };
+        }
+      }
+      const v = d.verdict;
+      if (v.type === 'discard') return { type: 'discard' };
+      if (v.type === 'reject' || v.type === 'tempfail') return v;
+      current = await commit(editor, current, this.#env.bodyStore);
+      if (v.type === 'accept') slot.msgOut = true;
+    }
+    return { type: 'accept', final: current };
+  }
+
+  /** SMFIC_ABORT or end of message: tell filters that saw the message, reset message state. */
+  async endMessage(aborted: boolean): Promise<void> {
+    if (aborted) {
+      for (const s of this.#slots) {
+        const abort = s.entry.filter.abort;
+        if (typeof abort !== 'function' || s.connOut) continue;
+        await this.#notify(s, 'abort', () => abort.call(s.entry.filter, s));
+      }
+    }
+    for (const s of this.#slots) s.resetMessage();
+  }
+
+  /** The connection ended (QUIT, QUIT_NC, socket closed). */
+  async close(): Promise<void> {
+    for (const s of this.#slots) {
+      const close = s.entry.filter.close;
+      if (typeof close !== 'function') continue;
+      await this.#notify(s, 'close', () => close.call(s.entry.filter, s));
+    }
+  }
+
+  /** Calls a notification hook (no verdict); failures are logged, never fatal. */
+  async #notify(slot: Slot, hook: string, fn: () => void | Promise<void>): Promise<void> {
+    try {
+      const r = fn();
+      if (isThenable(r)) {
+        let timer: NodeJS.Timeout | undefined;
+        await Promise.race([
+          r,
+          new Promise((_, rej) => {
+            timer = setTimeout(() => rej(new MilterdError('MILTERD_FILTER_TIMEOUT', `${hook} timed out`)), slot.entry.timeoutMs);
+          }),
+        ]).finally(() => clearTimeout(timer));
+      }
+    } catch (err) {
+      const e = err instanceof MilterdError ? err : new MilterdError('MILTERD_FILTER_THREW', String((err as Error)?.message ?? err), { cause: err });
+      this.#env.log().warn({ filter: slot.entry.name, hook, code: e.code, err: e.message }, `filter ${slot.entry.name} failed in ${hook}`);
+    }
+  }
+}
+
+const ACCEPT_STOP: Outcome = { type: 'accept' };
+
+function fail(code: ErrorCode, message: string): Decision {
+  return { ok: false, error: new MilterdError(code, message) };
+}
+
+function thrown(err: unknown): Decision {
+  if (err instanceof MilterdError && err.area === 'filter') return { ok: false, error: err };
+  const msg = err instanceof Error ? err.message : String(err);
+  return { ok: false, error: new MilterdError('MILTERD_FILTER_THREW', msg, { cause: err }) };
+}
+
+/** Validates what a hook returned, including its reply code (never sent if invalid). */
+function checkVerdict(phase: Phase, v: unknown): Decision {
+  if (v === undefined) return { ok: true, verdict: CONTINUE };
+  if (v === null || typeof v !== 'object' || typeof (v as { type?: unknown }).type !== 'string') {
+    return fail('MILTERD_FILTER_BAD_VERDICT', `${phase} returned ${describe(v)}, not a verdict`);
+  }
+  const verdict = v as Verdict;
+  switch (verdict.type) {
+    case 'continue':
+      return { ok: true, verdict: CONTINUE };
+    case 'accept':
+      return { ok: true, verdict: ACCEPT };
+    case 'discard':
+      // libmilter: "SMFIS_DISCARD should not be returned by a connection-oriented routine".
+      if (connectionScoped(phase)) return fail('MILTERD_FILTER_BAD_VERDICT', `discard is not allowed in ${phase}`);
+      return { ok: true, verdict: { type: 'discard' } };
+    case 'reject':
+    case 'tempfail': {
+      const spec = verdict.reply;
+      if (spec === undefined) return { ok: true, verdict: { type: verdict.type } };
+      try {
+        if (spec === null || typeof spec !== 'object') throw new MilterdError('MILTERD_FILTER_BAD_REPLY', 'reply must be an object');
+        checkReplyClass(verdict.type, spec.code);
+        const lines = spec.text === undefined ? [] : typeof spec.text === 'string' ? [spec.text] : [...spec.text];
+        return { ok: true, verdict: { type: verdict.type, reply: formatReplyCode(spec.code, spec.xcode, lines) } };
+      } catch (err) {
+        return thrown(err);
+      }
+    }
+    default:
+      return fail('MILTERD_FILTER_BAD_VERDICT', `${phase} returned unknown verdict type ${describe((v as { type: unknown }).type)}`);
+  }
+}
+
+function describe(v: unknown): string {
+  try {
+    return typeof v === 'string' ? JSON.stringify(v).slice(0, 80) : String(v).slice(0, 80);
+  } catch {
+    return typeof v;
+  }
+}
+
+/** Turns a finished editor into the next snapshot; a replaced body becomes a BodyStore. */
+async function commit(editor: MessageEditor, prev: MessageSnapshot, opts: BodyStoreOptions): Promise<MessageSnapshot> {
+  let body = prev.body;
+  if (editor.body !== prev.body) {
+    body = editor.body instanceof BodyStore ? editor.body : BodyStore.from(editor.body, opts);
+  }
+  return { headers: editor.headers, rcpts: editor.rcpts, from: editor.from, body, quarantine: editor.quarantine };
+}
+
+/** The EomMessage a filter gets: reads the editor's live state, forwards edits to it. */
+class EomView implements EomMessage {
+  readonly #ed: MessageEditor;
+  constructor(editor: MessageEditor) {
+    this.#ed = editor;
+  }
+  get headers(): readonly HeaderField[] {
+    return this.#ed.headers;
+  }
+  get bodySize(): number {
+    const b = this.#ed.body;
+    return b instanceof BodyStore ? b.size : b.length;
+  }
+  body(): Promise<Uint8Array> {
+    const b = this.#ed.body;
+    return b instanceof BodyStore ? b.read() : Promise.resolve(b);
+  }
+  bodyChunks(): AsyncIterable<Uint8Array> {
+    const b = this.#ed.body;
+    if (b instanceof BodyStore) return b.chunks();
+    return (async function* () {
+      for (let i = 0; i < b.length; i += 65536) yield b.subarray(i, i + 65536);
+    })();
+  }
+  addHeader(name: string, value: string): void {
+    this.#ed.addHeader(name, value);
+  }
+  insertHeader(index: number, name: string, value: string): void {
+    this.#ed.insertHeader(index, name, value);
+  }
+  changeHeader(name: string, index: number, value: string): void {
+    this.#ed.changeHeader(name, index, value);
+  }
+  deleteHeader(name: string, index: number): void {
+    this.#ed.deleteHeader(name, index);
+  }
+  addRcpt(rcpt: string, args?: string): void {
+    this.#ed.addRcpt(rcpt, args);
+  }
+  delRcpt(rcpt: string): void {
+    this.#ed.delRcpt(rcpt);
+  }
+  changeFrom(from: string, args?: string): void {
+    this.#ed.changeFrom(from, args);
+  }
+  replaceBody(body: Uint8Array | string): void {
+    this.#ed.replaceBody(body);
+  }
+  quarantine(reason: string): void {
+    this.#ed.setQuarantine(reason);
+  }
+}

@@ -1,0 +1,182 @@
+/**
+ * Body storage for one message: chunks in memory up to a bound, then spilled to a temporary
+ * file, so a 50 MB attachment costs disk, not heap. Writes to the spill file are chained so
+ * that `append` stays synchronous for the session (no await per body chunk on the hot path).
+ * @module
+ */
+import { open, mkdtemp, rm, type FileHandle } from 'node:fs/promises';
+import { join } from 'node:path';
+import { tmpdir } from 'node:os';
+import { MilterdError } from '../errors.ts';
+
+/** Where and when bodies spill to disk. */
+export interface BodyStoreOptions {
+  /** Bytes kept in memory before spilling. */
+  readonly memoryLimit: number;
+  /** Folder for spill files (default: the OS temp folder). */
+  readonly tmpDir?: string;
+}
+
+/** Pieces read back from a spill file: one SMFIR_REPLBODY packet each (MILTER_CHUNK_SIZE). */
+const READ_CHUNK = 65535;
+let spillDir: Promise<string> | undefined;
+let spillSeq = 0;
+
+function spillFolder(base: string | undefined): Promise<string> {
+  // One private (0700) folder per process: spill files are message content.
+  spillDir ??= mkdtemp(join(base ?? tmpdir(), 'milterd-'));
+  return spillDir;
+}
+
+/** A message body being received or replaced. */
+export class BodyStore {
+  #chunks: Uint8Array[] = [];
+  #size = 0;
+  #memoryLimit: number;
+  #tmpDir: string | undefined;
+  #file: Promise<{ fh: FileHandle; path: string }> | undefined;
+  /** Tail of the chained writes; rejects if any write failed. */
+  #writes: Promise<void> = Promise.resolve();
+  #failure: unknown;
+  #disposed = false;
+
+  constructor(options: BodyStoreOptions) {
+    this.#memoryLimit = options.memoryLimit;
+    this.#tmpDir = options.tmpDir;
+  }
+
+  /** A store holding `body` (for a replaced body). */
+  static from(body: Uint8Array, options: BodyStoreOptions): BodyStore {
+    const store = new BodyStore(options);
+    if (body.length > 0) store.append(body);
+    return store;
+  }
+
+  /** Total bytes. */
+  get size(): number {
+    return this.#size;
+  }
+
+  /** True once the body went to disk. */
+  get spilled(): boolean {
+    return this.#file !== undefined;
+  }
+
+  /** Adds a chunk. The chunk is copied when kept in memory, so callers may reuse theirs. */
+  append(chunk: Uint8Array): void {
+    if (chunk.length === 0) return;
+    this.#size += chunk.length;
+    if (this.#file === undefined && this.#size <= this.#memoryLimit) {
+      this.#chunks.push(Uint8Array.prototype.slice.call(chunk));
+      return;
+    }
+    if (this.#file === undefined) this.#startSpill();
+    const copy = Uint8Array.prototype.slice.call(chunk);
+    this.#enqueueWrite(copy);
+  }
+
+  #startSpill(): void {
+    this.#file = (async () => {
+      const dir = await spillFolder(this.#tmpDir);
+      const path = join(dir, `body-${process.pid}-${++spillSeq}`);
+      const fh = await open(path, 'wx+', 0o600);
+      return { fh, path };
+    })();
+    const pending = this.#chunks;
+    this.#chunks = [];
+    for (const c of pending) this.#enqueueWrite(c);
+  }
+
+  #enqueueWrite(chunk: Uint8Array): void {
+    const file = this.#file!;
+    this.#writes = this.#writes.then(async () => {
+      const { fh } = await file;
+      let off = 0;
+      while (off < chunk.length) {
+        const { bytesWritten } = await fh.write(chunk, off, chunk.length - off);
+        off += bytesWritten;
+      }
+    });
+    // Remember the first failure; reads report it with a typed error.
+    this.#writes.catch((err: unknown) => {
+      this.#failure ??= err;
+    });
+  }
+
+  #spillError(err: unknown): MilterdError {
+    return new MilterdError('MILTERD_CONTENT_SPILL', `body spill file failed: ${(err as Error).message}`, {
+      cause: err,
+    });
+  }
+
+  /** The whole body in one buffer. */
+  async read(): Promise<Uint8Array> {
+    if (this.#file === undefined) {
+      if (this.#chunks.length === 1) return this.#chunks[0]!;
+      return Buffer.concat(this.#chunks, this.#size);
+    }
+    const out = Buffer.allocUnsafe(this.#size);
+    let off = 0;
+    for await (const c of this.chunks()) {
+      out.set(c, off);
+      off += c.length;
+    }
+    return out;
+  }
+
+  /** The body in pieces (at most 65535 bytes each when spilled), streamed from disk when spilled. */
+  async *chunks(): AsyncIterable<Uint8Array> {
+    if (this.#file === undefined) {
+      yield* this.#chunks;
+      return;
+    }
+    try {
+      await this.#writes;
+    } catch (err) {
+      throw this.#spillError(err);
+    }
+    if (this.#failure !== undefined) throw this.#spillError(this.#failure);
+    const { fh } = await this.#file;
+    let pos = 0;
+    while (pos < this.#size) {
+      const buf = Buffer.allocUnsafe(Math.min(READ_CHUNK, this.#size - pos));
+      let got = 0;
+      try {
+        while (got < buf.length) {
+          const { bytesRead } = await fh.read(buf, got, buf.length - got, pos + got);
+          if (bytesRead === 0) throw new Error('spill file shorter than body');
+          got += bytesRead;
+        }
+      } catch (err) {
+        throw this.#spillError(err);
+      }
+      pos += got;
+      yield buf;
+    }
+  }
+
+  /** True if both stores hold the same bytes (used to avoid sending an identical body back). */
+  async equals(other: BodyStore): Promise<boolean> {
+    if (this.#size !== other.#size) return false;
+    if (this.spilled || other.spilled) return false; // not worth reading both back: send it
+    const a = await this.read();
+    const b = await other.read();
+    return Buffer.from(a.buffer, a.byteOffset, a.length).equals(b);
+  }
+
+  /** Frees memory and removes the spill file. Safe to call twice. */
+  async dispose(): Promise<void> {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    this.#chunks = [];
+    if (this.#file === undefined) return;
+    await this.#writes.catch(() => undefined);
+    try {
+      const { fh, path } = await this.#file;
+      await fh.close().catch(() => undefined);
+      await rm(path, { force: true });
+    } catch {
+      // open failed: nothing to remove
+    }
+  }
+}
