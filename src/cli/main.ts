@@ -1,0 +1,63 @@
+/**
+ * The `milterd` command line.
+ * @module
+ */
+import { Command, Option } from 'commander';
+import { readFileSync } from 'node:fs';
+import { MilterdError } from '../errors.ts';
+import { defaultConfig, fromObject, loadConfig } from '../config/load.ts';
+import type { Config } from '../config/schema.ts';
+import { startDaemon } from '../daemon.ts';
+
+const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+
+/** Builds the command tree (exported for tests). */
+export function buildCli(): Command {
+  const program = new Command('milterd')
+    .description(
+      'A milter (Sendmail/Postfix mail filter protocol v6) daemon that runs a chain of filter plugins.\n' +
+        'Point your MTA at it, e.g. Postfix: smtpd_milters = inet:127.0.0.1:8890',
+    )
+    .version(pkg.version, '-V, --version')
+    .showHelpAfterError();
+
+  program
+    .command('start')
+    .description('Run the daemon in the foreground until SIGTERM/SIGINT (a second signal closes open connections at once).')
+    .option('-c, --config <file>', 'YAML (or JSON) configuration file; without it the built-in defaults are used')
+    .option(
+      '-l, --listen <spec...>',
+      'listen address(es) in libmilter syntax, overriding the configuration: unix:/path, inet:port@host, inet6:port@host',
+    )
+    .addOption(new Option('--log-level <level>', 'override log.level').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']))
+    .addHelpText(
+      'after',
+      '\nExamples:\n  milterd start\n  milterd start --config /etc/milterd/milterd.yaml\n  milterd start --listen unix:/run/milterd/milterd.sock inet:8890@127.0.0.1',
+    )
+    .action(async (opts: { config?: string; listen?: string[]; logLevel?: string }) => {
+      let config: Config = opts.config === undefined ? defaultConfig() : await loadConfig(opts.config);
+      if (opts.listen !== undefined || opts.logLevel !== undefined) {
+        const raw = structuredClone(config) as Record<string, unknown> & { log: Record<string, unknown> };
+        if (opts.listen !== undefined) raw.listen = opts.listen;
+        if (opts.logLevel !== undefined) raw.log.level = opts.logLevel;
+        config = fromObject(raw, opts.config ?? 'command line');
+      }
+      const daemon = await startDaemon(config);
+      await daemon.stopped;
+    });
+  return program;
+}
+
+/** Runs the CLI; errors from the catalogue print as `code: message` and exit 1. */
+export async function main(argv: readonly string[] = process.argv): Promise<void> {
+  try {
+    await buildCli().parseAsync([...argv]);
+  } catch (err) {
+    if (err instanceof MilterdError) {
+      process.stderr.write(`milterd: ${err.code}: ${err.message}\n`);
+    } else {
+      process.stderr.write(`milterd: ${(err as Error)?.stack ?? String(err)}\n`);
+    }
+    process.exitCode = 1;
+  }
+}

@@ -1,0 +1,97 @@
+/**
+ * The configuration schema: one place for every key, its type, its default and its unit.
+ * `docs/configuration.md` documents the same keys; a test fails when they drift apart.
+ * Units are in the key names (`…Ms`, `…Bytes`) so a YAML file reads unambiguously.
+ * @module
+ */
+import { Type, type Static, type SchemaOptions } from '@sinclair/typebox';
+
+/** A string enum as JSON Schema `enum` (clearer validation errors than a union of literals). */
+function StringEnum<const T extends readonly string[]>(values: T, options: SchemaOptions = {}) {
+  return Type.Unsafe<T[number]>({ type: 'string', enum: values, ...options });
+}
+
+const POLICIES = ['continue', 'accept', 'tempfail', 'reject'] as const;
+
+/** The whole configuration file. */
+export const ConfigSchema = Type.Object(
+  {
+    listen: Type.Array(Type.String({ minLength: 1 }), {
+      minItems: 1,
+      default: ['inet:8890@127.0.0.1'],
+      description: 'Sockets in libmilter syntax: unix:/path, inet:port@host, inet6:port@host.',
+    }),
+    socketMode: Type.String({
+      pattern: '^0?[0-7]{3}$',
+      default: '0660',
+      description: 'Permissions of unix sockets, octal. The MTA (user postfix, smmsp...) must be able to connect.',
+    }),
+    tmpDir: Type.Optional(Type.String({ minLength: 1, description: 'Folder for body spill files. Default: the OS temp folder.' })),
+    log: Type.Object(
+      {
+        level: StringEnum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], {
+          default: 'info',
+          description: 'pino level. info logs every non-accept verdict; debug every message.',
+        }),
+        file: Type.Optional(Type.String({ minLength: 1, description: 'Append logs to this file instead of standard output.' })),
+      },
+      { additionalProperties: false, default: {} },
+    ),
+    limits: Type.Object(
+      {
+        maxFrameBytes: Type.Integer({
+          minimum: 65536 + 1024,
+          maximum: 64 * 1024 * 1024,
+          default: 1048576,
+          description: 'Largest milter packet accepted (bytes). Checked before allocating.',
+        }),
+        bodyMemoryBytes: Type.Integer({
+          minimum: 0,
+          default: 1048576,
+          description: 'Body bytes per message kept in memory; beyond this the body spills to a file in tmpDir.',
+        }),
+        highWaterMarkBytes: Type.Integer({
+          minimum: 65536,
+          default: 1048576,
+          description: 'Unprocessed bytes per MTA connection before reading pauses (backpressure).',
+        }),
+      },
+      { additionalProperties: false, default: {} },
+    ),
+    timeouts: Type.Object(
+      {
+        progressIntervalMs: Type.Integer({
+          minimum: 0,
+          default: 10000,
+          description: 'Send SMFIR_PROGRESS this often while filters work on end of message; 0 turns it off.',
+        }),
+        idleMs: Type.Integer({
+          minimum: 1000,
+          default: 7210000,
+          description: 'Close an MTA connection idle this long (libmilter default: 7210 s).',
+        }),
+        shutdownMs: Type.Integer({
+          minimum: 0,
+          default: 30000,
+          description: 'On SIGTERM, how long open connections may finish before they are closed.',
+        }),
+      },
+      { additionalProperties: false, default: {} },
+    ),
+    filters: Type.Object(
+      {
+        onError: StringEnum(POLICIES, {
+          default: 'tempfail',
+          description: 'What a filter failure (throw, timeout, broken rule) turns into: continue, accept, tempfail or reject.',
+        }),
+        timeoutMs: Type.Integer({ minimum: 1, default: 10000, description: 'Time budget of one hook call.' }),
+        messageBudgetMs: Type.Integer({ minimum: 1, default: 60000, description: 'Time budget of all hook calls of one message.' }),
+      },
+      { additionalProperties: false, default: {}, description: 'Defaults for every filter in the chain.' },
+    ),
+  },
+  { additionalProperties: false },
+);
+
+/** A validated configuration, defaults filled in. */
+export type Config = Static<typeof ConfigSchema>;
