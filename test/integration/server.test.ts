@@ -28,11 +28,13 @@ async function tempDir(t: { after(fn: () => unknown): void }): Promise<string> {
 test('unix socket: mode applied, stale socket replaced, a live one and a plain file refused', async (t) => {
   const dir = await tempDir(t);
   const path = join(dir, 'milterd.sock');
-  // A stale socket: bound, then its owner died without unlinking (server.close would unlink it).
-  const stale = net.createServer();
-  await new Promise<void>((r) => stale.listen(path, r));
-  const fd = (stale as unknown as { _handle: { close(): void } })._handle;
-  fd.close(); // close the listening fd, keep the file
+  // A stale socket: its owner was killed, so nothing unlinked the file.
+  const owner = spawn(process.execPath, ['-e', "require('net').createServer().listen(process.argv[1], () => console.log('up'))", path], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  await once(owner.stdout!, 'data');
+  owner.kill('SIGKILL');
+  await once(owner, 'exit');
   assert.ok((await lstat(path)).isSocket(), 'a stale socket file is there');
   const s = await startServer([], { listen: `unix:${path}`, socketMode: 0o600 });
   t.after(() => s.stop());
