@@ -82,7 +82,8 @@ export const ConfigSchema = Type.Object(
       {
         onError: StringEnum(POLICIES, {
           default: 'tempfail',
-          description: 'What a filter failure (throw, timeout, broken rule) turns into: continue, accept, tempfail or reject.',
+          description:
+            'What a filter failure (throw, timeout, broken rule) turns into. continue: skip that filter for the rest of the message; accept: accept the message as it stands; tempfail / reject: fail the message (at RCPT: that recipient).',
         }),
         timeoutMs: Type.Integer({ minimum: 1, default: 10000, description: 'Time budget of one hook call.' }),
         messageBudgetMs: Type.Integer({ minimum: 1, default: 60000, description: 'Time budget of all hook calls of one message.' }),
