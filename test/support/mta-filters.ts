@@ -1,0 +1,104 @@
+/**
+ * The two-filter chain the Postfix and Sendmail end-to-end tests run through milterd:
+ *
+ * - Filter A (end of message): adds `X-Filter-A: seen`, prefixes the Subject with `[A] `
+ *   (changeHeader) and appends a line to the body (replaceBody).
+ * - Filter B: rejects recipients starting with `<reject` (550 5.7.1 milterd says no),
+ *   tempfails recipients starting with `<tempfail` (451 4.7.1 milterd says later); at end of
+ *   message rejects a body containing `REJECT-AT-EOM` (550 5.7.0 …), otherwise adds
+ *   `X-Filter-B` recording what it saw of A's edits.
+ *
+ * Both record every hook call in `events`, for assertions on what milterd passed them.
+ * @module
+ */
+import type { EomMessage, Filter, FilterContext, Verdict } from '../../src/chain/filter.ts';
+
+export const BODY_APPEND = 'Appended by filter A.';
+export const RCPT_REJECT_TEXT = 'milterd says no';
+export const RCPT_TEMPFAIL_TEXT = 'milterd says later';
+export const EOM_REJECT_TEXT = 'milterd rejects this content';
+export const EOM_REJECT_MARKER = 'REJECT-AT-EOM';
+
+/** One hook call as a filter saw it. */
+export interface HookEvent {
+  readonly filter: string;
+  readonly hook: string;
+  readonly detail: unknown;
+}
+
+function header(msg: EomMessage, name: string): string | undefined {
+  return msg.headers.find((h) => h.name.toLowerCase() === name.toLowerCase())?.value;
+}
+
+/** Builds fresh filters A and B sharing one event log. */
+export function makeChain(): { filterA: Filter; filterB: Filter; events: HookEvent[] } {
+  const events: HookEvent[] = [];
+  const rec = (filter: string, hook: string, detail: unknown): void => {
+    events.push({ filter, hook, detail });
+  };
+
+  const filterA: Filter = {
+    name: 'filter-a',
+    actions: ['addHeader', 'changeHeader', 'replaceBody'],
+    connect(ctx: FilterContext, info) {
+      rec('filter-a', 'connect', { ...info, j: ctx.getSymbol('j') });
+    },
+    helo(_ctx, name) {
+      rec('filter-a', 'helo', name);
+    },
+    envfrom(ctx, from) {
+      rec('filter-a', 'envfrom', { ...from, i: ctx.getSymbol('i'), mailAddr: ctx.getSymbol('{mail_addr}') });
+    },
+    envrcpt(_ctx, rcpt) {
+      rec('filter-a', 'envrcpt', rcpt);
+    },
+    async eom(ctx, msg) {
+      const subject = header(msg, 'Subject') ?? '';
+      const body = Buffer.from(await msg.body()).toString('latin1');
+      rec('filter-a', 'eom', { subject, body, rcpts: ctx.rcpts.map((r) => r.address), i: ctx.getSymbol('i') });
+      msg.addHeader('X-Filter-A', 'seen');
+      msg.changeHeader('Subject', 1, `[A] ${subject}`);
+      msg.replaceBody(`${body}${BODY_APPEND}\r\n`);
+    },
+    abort() {
+      rec('filter-a', 'abort', null);
+    },
+    close() {
+      rec('filter-a', 'close', null);
+    },
+  };
+
+  const filterB: Filter = {
+    name: 'filter-b',
+    actions: ['addHeader'],
+    envrcpt(_ctx, rcpt): Verdict | undefined {
+      rec('filter-b', 'envrcpt', rcpt);
+      const a = rcpt.address.toLowerCase();
+      if (a.startsWith('<reject')) return { type: 'reject', reply: { code: '550', xcode: '5.7.1', text: RCPT_REJECT_TEXT } };
+      if (a.startsWith('<tempfail')) return { type: 'tempfail', reply: { code: '451', xcode: '4.7.1', text: RCPT_TEMPFAIL_TEXT } };
+      return undefined;
+    },
+    async eom(ctx, msg): Promise<Verdict | undefined> {
+      const subject = header(msg, 'Subject') ?? '';
+      const a = header(msg, 'X-Filter-A') ?? '(none)';
+      const body = Buffer.from(await msg.body()).toString('latin1');
+      rec('filter-b', 'eom', { subject, a, body, rcpts: ctx.rcpts.map((r) => r.address) });
+      if (body.includes(EOM_REJECT_MARKER)) {
+        return { type: 'reject', reply: { code: '550', xcode: '5.7.0', text: EOM_REJECT_TEXT } };
+      }
+      const sawBody = body.includes(BODY_APPEND) ? 'yes' : 'no';
+      msg.addHeader('X-Filter-B', `subject="${subject}"; x-filter-a="${a}"; body-edit=${sawBody}`);
+      return undefined;
+    },
+    abort() {
+      rec('filter-b', 'abort', null);
+    },
+  };
+
+  return { filterA, filterB, events };
+}
+
+/** The X-Filter-B value filter B writes when it saw all of A's edits to `subject`. */
+export function expectedFilterB(subject: string): string {
+  return `subject="[A] ${subject}"; x-filter-a="seen"; body-edit=yes`;
+}
