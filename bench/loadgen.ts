@@ -225,6 +225,15 @@ export async function runLoad(options: LoadOptions, onPhase?: (phase: 'measure' 
   let measuring = !timed;
   if (measuring) onPhase?.('measure');
 
+  let cpuInWindow: NodeJS.CpuUsage | undefined;
+  let windowEnd = 0;
+  const finish = (): void => {
+    if (cpuInWindow !== undefined) return;
+    cpuInWindow = process.cpuUsage(cpuAtStart);
+    windowEnd = performance.now();
+    onPhase?.('done');
+  };
+
   const stop = (): boolean => (timed ? performance.now() >= measureEnd : false);
 
   const timers: NodeJS.Timeout[] = [];
@@ -236,6 +245,8 @@ export async function runLoad(options: LoadOptions, onPhase?: (phase: 'measure' 
         measureEnd = measureStart + o.durationS * 1000;
         cpuAtStart = process.cpuUsage();
         onPhase?.('measure');
+        // The window closes on time, whatever messages are still in flight.
+        timers.push(setTimeout(finish, o.durationS * 1000));
       }, o.warmupS * 1000),
     );
   }
@@ -314,9 +325,9 @@ export async function runLoad(options: LoadOptions, onPhase?: (phase: 'measure' 
   await Promise.all(Array.from({ length: o.concurrency }, () => worker()));
   for (const t of timers) clearTimeout(t);
 
-  const end = timed ? Math.min(measureEnd, performance.now()) : performance.now();
-  const cpu = process.cpuUsage(cpuAtStart);
-  onPhase?.('done');
+  finish();
+  const end = timed ? Math.min(measureEnd, windowEnd) : windowEnd;
+  const cpu = cpuInWindow as NodeJS.CpuUsage;
   const seconds = Math.max(0.001, (end - measureStart) / 1000);
   return {
     options: o,
