@@ -1,0 +1,173 @@
+/**
+ * milterd behind a real Sendmail 8.17: `sendmail -bs` sessions with a generated .cf whose
+ * INPUT_MAIL_FILTER points at milterd through a packet tap, delivery mode queue, and the queued
+ * qf/df files read back (test/support/sendmail.ts). Same chain and checks as the Postfix test.
+ * On failure the packets and Sendmail's milter debug log are printed.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, test, type TestContext } from 'node:test';
+import { MilterServer } from '../../src/server/server.ts';
+import { mtaGate } from '../support/mta-available.ts';
+import { startMilterTap, type MilterTap } from '../support/milter-tap.ts';
+import {
+  BODY_APPEND,
+  EOM_REJECT_MARKER,
+  EOM_REJECT_TEXT,
+  RCPT_REJECT_TEXT,
+  RCPT_TEMPFAIL_TEXT,
+  expectedFilterB,
+  makeChain,
+  type HookEvent,
+} from '../support/mta-filters.ts';
+import { buildMessage, createSendmail, sendmailQueueIdOf, uniqueMessageId, type SendmailInstance } from '../support/sendmail.ts';
+
+const gate = mtaGate('sendmail');
+
+describe('Sendmail → milterd: two-filter chain', { skip: gate.skip, timeout: 180_000 }, () => {
+  let server: MilterServer | undefined;
+  let tap: MilterTap | undefined;
+  let sendmail: SendmailInstance | undefined;
+  let events: HookEvent[] = [];
+
+  before(async () => {
+    gate.require();
+    const chain = makeChain();
+    events = chain.events;
+    server = new MilterServer({
+      listen: 'inet:0@127.0.0.1',
+      chain: [{ filter: chain.filterA }, { filter: chain.filterB, onError: 'tempfail' }],
+    });
+    await server.start();
+    tap = await startMilterTap(server.addresses()[0] as string);
+    sendmail = await createSendmail({
+      milters: [{ name: 'milterd', socket: tap.address, flags: 'T', timeouts: 'C:5s;S:10s;R:10s;E:1m' }],
+    });
+  });
+
+  after(async () => {
+    await sendmail?.cleanup();
+    await tap?.close();
+    await server?.stop({ deadlineMs: 5_000 });
+  });
+
+  /** Runs `fn`; on failure prints the packets and Sendmail's debug log, then fails. */
+  async function explained(t: TestContext, fn: () => Promise<void>): Promise<void> {
+    try {
+      await fn();
+    } catch (err) {
+      t.diagnostic(`milter packets:\n${tap?.dump() ?? '(no tap)'}`);
+      t.diagnostic(`sendmail debug log:\n${(await sendmail?.debugLog()) ?? '(none)'}`);
+      throw err;
+    }
+  }
+
+  test('edits of both filters are in the queued message; recipients rejected and tempfailed per filter B', async (t) => {
+    const sm = sendmail as SendmailInstance;
+    await explained(t, async () => {
+      const session = await sm.session();
+      assert.equal(session.greeting.code, 220, session.greeting.raw);
+      const { client } = session;
+      try {
+        assert.equal((await client.command('EHLO client.milterd.test')).code, 250);
+        const messageId = uniqueMessageId('sendmail-chain');
+        const subject = 'Quarterly report';
+        const result = await client.send({
+          from: 'alice@example.test',
+          rcpts: ['bob@example.test', 'reject-carol@example.test', 'tempfail-dave@example.test'],
+          data: buildMessage({
+            from: 'alice@example.test',
+            to: ['bob@example.test'],
+            subject,
+            messageId,
+            body: 'First line of the body.\r\nSecond line.\r\n',
+          }),
+        });
+        assert.equal(result.mail.code, 250, result.mail.raw);
+        const [bob, carol, dave] = result.rcpts;
+        assert.equal(bob?.reply.code, 250, bob?.reply.raw);
+        // Sendmail prefixes a rejected recipient's reply text with the address.
+        assert.equal(carol?.reply.code, 550, carol?.reply.raw);
+        assert.equal(carol?.reply.enhanced, '5.7.1', carol?.reply.raw);
+        assert.deepEqual(carol?.reply.lines, [`<reject-carol@example.test>... ${RCPT_REJECT_TEXT}`]);
+        assert.equal(dave?.reply.code, 451, dave?.reply.raw);
+        assert.equal(dave?.reply.enhanced, '4.7.1', dave?.reply.raw);
+        assert.ok(dave?.reply.lines.at(-1)?.endsWith(RCPT_TEMPFAIL_TEXT), dave?.reply.raw);
+        assert.equal(result.data?.code, 354, result.data?.raw);
+        assert.equal(result.dataEnd?.code, 250, result.dataEnd?.raw);
+        const queueId = sendmailQueueIdOf(result.dataEnd?.raw ?? '');
+
+        const msg = await sm.waitQueued(queueId);
+        assert.equal(msg.quarantined, false);
+        assert.equal(msg.sender, '<alice@example.test>');
+        assert.deepEqual(msg.recipients.map((r) => r.address), ['<bob@example.test>']);
+        assert.deepEqual(msg.all('Message-ID'), [`<${messageId}>`]);
+        assert.deepEqual(msg.all('X-Filter-A'), ['seen']);
+        assert.deepEqual(msg.all('Subject'), [`[A] ${subject}`]);
+        assert.deepEqual(msg.all('X-Filter-B'), [expectedFilterB(subject)]);
+        // Sendmail stores the body with LF line ends.
+        assert.equal(msg.body, `First line of the body.\nSecond line.\n${BODY_APPEND}\n`);
+        const names = msg.headers.map((h) => h.name);
+        assert.deepEqual(names.slice(-2), ['X-Filter-A', 'X-Filter-B']);
+        assert.ok(names.indexOf('Subject') < names.indexOf('X-Filter-A'), `Subject changed in place: ${names.join(', ')}`);
+
+        const eomA = events.find((e) => e.filter === 'filter-a' && e.hook === 'eom');
+        assert.deepEqual(eomA?.detail, {
+          subject,
+          body: 'First line of the body.\r\nSecond line.\r\n',
+          rcpts: ['<bob@example.test>'],
+          i: queueId,
+        });
+      } finally {
+        await session.close();
+      }
+    });
+  });
+
+  test('a message filter B rejects at end of message gets 5xx after DATA and is not queued', async (t) => {
+    const sm = sendmail as SendmailInstance;
+    await explained(t, async () => {
+      const session = await sm.session();
+      const { client } = session;
+      const before = new Set((await sm.queued()).map((m) => m.id));
+      try {
+        assert.equal((await client.command('EHLO client.milterd.test')).code, 250);
+        const rejectedId = uniqueMessageId('sendmail-eom-reject');
+        const rejected = await client.send({
+          from: 'alice@example.test',
+          rcpts: ['bob@example.test'],
+          data: buildMessage({
+            from: 'alice@example.test',
+            to: ['bob@example.test'],
+            subject: 'Bad content',
+            messageId: rejectedId,
+            body: `This body contains ${EOM_REJECT_MARKER}.\r\n`,
+          }),
+        });
+        assert.equal(rejected.rcpts[0]?.reply.code, 250, rejected.rcpts[0]?.reply.raw);
+        assert.equal(rejected.data?.code, 354, rejected.data?.raw);
+        assert.equal(rejected.dataEnd?.code, 550, rejected.dataEnd?.raw);
+        assert.equal(rejected.dataEnd?.enhanced, '5.7.0', rejected.dataEnd?.raw);
+        assert.deepEqual(rejected.dataEnd?.lines, [EOM_REJECT_TEXT]);
+
+        const sentinelId = uniqueMessageId('sendmail-after-reject');
+        const sentinel = await client.send({
+          from: 'alice@example.test',
+          rcpts: ['bob@example.test'],
+          data: buildMessage({ from: 'alice@example.test', to: ['bob@example.test'], subject: 'Fine', messageId: sentinelId, body: 'Fine.\r\n' }),
+        });
+        assert.equal(sentinel.dataEnd?.code, 250, sentinel.dataEnd?.raw);
+        const queued = await sm.waitQueued(sendmailQueueIdOf(sentinel.dataEnd?.raw ?? ''));
+        assert.deepEqual(queued.all('Subject'), ['[A] Fine']);
+
+        const added = (await sm.queued()).filter((m) => !before.has(m.id));
+        assert.deepEqual(
+          added.map((m) => m.all('Message-ID')),
+          [[`<${sentinelId}>`]],
+          'only the second message may be queued',
+        );
+      } finally {
+        await session.close();
+      }
+    });
+  });
+});
