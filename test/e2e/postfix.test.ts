@@ -11,6 +11,9 @@ import { mtaGate } from '../support/mta-available.ts';
 import { startMilterTap, type MilterTap } from '../support/milter-tap.ts';
 import {
   BODY_APPEND,
+  CHGFROM_ARGS,
+  QUARANTINE_SUBJECT,
+  makeModificationsChain,
   EOM_REJECT_MARKER,
   EOM_REJECT_TEXT,
   RCPT_REJECT_TEXT,
@@ -19,7 +22,15 @@ import {
   makeChain,
   type HookEvent,
 } from '../support/mta-filters.ts';
-import { SmtpClient, buildMessage, queueIdOf, startPostfix, uniqueMessageId, type PostfixInstance } from '../support/postfix.ts';
+import {
+  SmtpClient,
+  buildMessage,
+  queueIdOf,
+  startPostfix,
+  uniqueMessageId,
+  type PostfixInstance,
+  type TransactionResult,
+} from '../support/postfix.ts';
 
 const gate = mtaGate('postfix');
 
@@ -175,5 +186,95 @@ describe('Postfix → milterd: two-filter chain', { skip: gate.skip, timeout: 18
         await client.quit();
       }
     });
+  });
+});
+
+describe('Postfix → milterd: every modification applied by Postfix', { skip: gate.skip, timeout: 180_000 }, () => {
+  let server: MilterServer | undefined;
+  let tap: MilterTap | undefined;
+  let postfix: PostfixInstance | undefined;
+
+  before(async () => {
+    gate.require();
+    const { headers, envelope } = makeModificationsChain();
+    server = new MilterServer({ listen: 'inet:0@127.0.0.1', chain: [{ filter: headers }, { filter: envelope }] });
+    await server.start();
+    tap = await startMilterTap(server.addresses()[0] as string);
+    postfix = await startPostfix({ milters: [tap.address] });
+  });
+
+  after(async () => {
+    await postfix?.stop();
+    await tap?.close();
+    await server?.stop({ deadlineMs: 5_000 });
+  });
+
+  test('headers, body, sender and recipients as edited; quarantine puts the message on hold', async (t) => {
+    const pf = postfix as PostfixInstance;
+    try {
+      const { client } = await SmtpClient.connect(pf.smtpPort);
+      const send = (subject: string, messageId: string): Promise<TransactionResult> =>
+        client.send({
+          from: 'alice@example.test',
+          rcpts: ['keep@example.test', 'deleted@example.test'],
+          data: buildMessage({
+            from: 'alice@example.test',
+            to: ['keep@example.test'],
+            subject,
+            messageId,
+            body: 'Original body.\r\n',
+            headers: [['X-Remove-Me', 'please']],
+          }),
+        });
+      let editedId: string;
+      let edited: TransactionResult;
+      let held: TransactionResult;
+      try {
+        assert.equal((await client.command('EHLO client.milterd.test')).code, 250);
+        editedId = uniqueMessageId('postfix-mods');
+        edited = await send('Hello', editedId);
+        held = await send(QUARANTINE_SUBJECT, uniqueMessageId('postfix-hold'));
+      } finally {
+        await client.quit();
+      }
+      assert.equal(edited.dataEnd?.code, 250, edited.dataEnd?.raw);
+      assert.equal(held.dataEnd?.code, 250, held.dataEnd?.raw);
+      const msg = await pf.waitForDelivery(queueIdOf(edited.dataEnd?.raw ?? ''), editedId, 30_000);
+
+      // Envelope: sender changed with its ESMTP args (Postfix 3.7 keeps RET and ENVID), the
+      // deleted recipient gone, both added ones there, NOTIFY=NEVER kept for the one added
+      // with args.
+      const [from, ...fromArgs] = (msg.envelope.mailArgs ?? '').split(' ');
+      assert.equal(from, '<new-sender@example.test>');
+      assert.deepEqual(fromArgs.sort(), CHGFROM_ARGS.split(' ').sort());
+      const rcpts = new Map(msg.envelope.rcptArgs.map((a) => [a.split(' ')[0], a.split(' ').slice(1)]));
+      assert.deepEqual([...rcpts.keys()].sort(), ['<added-par@example.test>', '<added@example.test>', '<keep@example.test>']);
+      assert.ok(rcpts.get('<added-par@example.test>')?.includes('NOTIFY=NEVER'), msg.envelope.rcptArgs.join(' | '));
+
+      // Headers. Postfix counts its own Received: header (which milters never see) in
+      // SMFIR_INSHEADER indices, so index 0 lands above it.
+      assert.deepEqual(
+        msg.headers.map((h) => h.name),
+        ['X-Inserted', 'Received', 'From', 'To', 'Subject', 'Message-ID', 'Date', 'MIME-Version', 'Content-Type', 'X-Added'],
+      );
+      assert.equal(msg.get('X-Inserted'), 'inserted at top');
+      assert.match(msg.get('Received') ?? '', /\(Postfix\)/);
+      assert.equal(msg.get('Subject'), 'Changed: Hello');
+      assert.equal(msg.get('X-Added'), 'added value');
+      assert.equal(msg.body, 'Replaced body.\n');
+
+      // Quarantine: Postfix's hold queue, never delivered.
+      const heldId = queueIdOf(held.dataEnd?.raw ?? '');
+      assert.deepEqual(await pf.held(), [heldId]);
+      const log = await pf.maillog();
+      assert.match(log, new RegExp(`${heldId}: milter-hold: END-OF-MESSAGE`));
+      assert.equal((await pf.delivered()).length, 1, 'only the first message was delivered');
+      // Postfix applied every request: no complaint about any of them.
+      assert.doesNotMatch(log, /warning: .*(ESMTP|[Mm]ilter|SMFI)/);
+    } catch (err) {
+      t.diagnostic(`milter packets:\n${tap?.dump() ?? ''}`);
+      t.diagnostic(`postfix maillog:\n${await pf.maillog()}`);
+      throw err;
+    }
   });
 });

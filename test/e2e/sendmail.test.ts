@@ -11,6 +11,10 @@ import { mtaGate } from '../support/mta-available.ts';
 import { startMilterTap, type MilterTap } from '../support/milter-tap.ts';
 import {
   BODY_APPEND,
+  CHGFROM_ARGS,
+  QUARANTINE_REASON,
+  QUARANTINE_SUBJECT,
+  makeModificationsChain,
   EOM_REJECT_MARKER,
   EOM_REJECT_TEXT,
   RCPT_REJECT_TEXT,
@@ -19,7 +23,14 @@ import {
   makeChain,
   type HookEvent,
 } from '../support/mta-filters.ts';
-import { buildMessage, createSendmail, sendmailQueueIdOf, uniqueMessageId, type SendmailInstance } from '../support/sendmail.ts';
+import {
+  buildMessage,
+  createSendmail,
+  sendmailQueueIdOf,
+  uniqueMessageId,
+  type SendmailInstance,
+  type TransactionResult,
+} from '../support/sendmail.ts';
 
 const gate = mtaGate('sendmail');
 
@@ -169,5 +180,91 @@ describe('Sendmail → milterd: two-filter chain', { skip: gate.skip, timeout: 1
         await session.close();
       }
     });
+  });
+});
+
+describe('Sendmail → milterd: every modification applied by Sendmail', { skip: gate.skip, timeout: 180_000 }, () => {
+  let server: MilterServer | undefined;
+  let tap: MilterTap | undefined;
+  let sendmail: SendmailInstance | undefined;
+
+  before(async () => {
+    gate.require();
+    const { headers, envelope } = makeModificationsChain();
+    server = new MilterServer({ listen: 'inet:0@127.0.0.1', chain: [{ filter: headers }, { filter: envelope }] });
+    await server.start();
+    tap = await startMilterTap(server.addresses()[0] as string);
+    sendmail = await createSendmail({ milters: [{ name: 'milterd', socket: tap.address }] });
+  });
+
+  after(async () => {
+    await sendmail?.cleanup();
+    await tap?.close();
+    await server?.stop({ deadlineMs: 5_000 });
+  });
+
+  test('headers, body, sender and recipients as edited; quarantine makes an hf (held) file', async (t) => {
+    const sm = sendmail as SendmailInstance;
+    try {
+      const session = await sm.session();
+      const send = (subject: string): Promise<TransactionResult> =>
+        session.client.send({
+          from: 'alice@example.test',
+          rcpts: ['keep@example.test', 'deleted@example.test'],
+          data: buildMessage({
+            from: 'alice@example.test',
+            to: ['keep@example.test'],
+            subject,
+            messageId: uniqueMessageId('sendmail-mods'),
+            body: 'Original body.\r\n',
+            headers: [['X-Remove-Me', 'please']],
+          }),
+        });
+      let edited: TransactionResult;
+      let held: TransactionResult;
+      try {
+        assert.equal((await session.client.command('EHLO client.milterd.test')).code, 250);
+        edited = await send('Hello');
+        held = await send(QUARANTINE_SUBJECT);
+      } finally {
+        await session.close();
+      }
+      assert.equal(edited.dataEnd?.code, 250, edited.dataEnd?.raw);
+      assert.equal(held.dataEnd?.code, 250, held.dataEnd?.raw);
+
+      const msg = await sm.waitQueued(sendmailQueueIdOf(edited.dataEnd?.raw ?? ''));
+      assert.equal(msg.quarantined, false);
+      // Sender and its ESMTP args: ENVID is the Z line, RET=HDRS the `n` envelope flag.
+      assert.equal(msg.sender, '<new-sender@example.test>');
+      assert.deepEqual(CHGFROM_ARGS.split(' ').sort(), ['ENVID=milterd-test', 'RET=HDRS']);
+      assert.equal(msg.envid, 'milterd-test');
+      assert.ok(msg.envelopeFlags.includes('n'), `RET=HDRS sets flag n: F${msg.envelopeFlags}`);
+      // Recipients: deleted one gone, both added; NOTIFY=NEVER is flag N.
+      assert.deepEqual(
+        msg.recipients.map((r) => r.address),
+        ['<keep@example.test>', '<added@example.test>', '<added-par@example.test>'],
+      );
+      const addedPar = msg.recipients.find((r) => r.address === '<added-par@example.test>');
+      assert.ok(addedPar?.flags.includes('N') && !/[SFD]/.test(addedPar.flags), `NOTIFY=NEVER: R${addedPar?.flags}`);
+      // Headers: Sendmail's own Return-Path (written at delivery, flag P) stays first; index 0
+      // lands above Sendmail's Received: header, as with Postfix.
+      assert.deepEqual(
+        msg.headers.map((h) => h.name),
+        ['Return-Path', 'X-Inserted', 'Received', 'From', 'To', 'Subject', 'Message-ID', 'Date', 'MIME-Version', 'Content-Type', 'X-Added'],
+      );
+      assert.equal(msg.get('X-Inserted'), 'inserted at top');
+      assert.equal(msg.get('Subject'), 'Changed: Hello');
+      assert.equal(msg.get('X-Added'), 'added value');
+      assert.equal(msg.body, 'Replaced body.\n');
+
+      const q = await sm.waitQueued(sendmailQueueIdOf(held.dataEnd?.raw ?? ''));
+      assert.equal(q.quarantined, true, 'quarantined messages get an hf file');
+      assert.equal(q.quarantineReason, QUARANTINE_REASON);
+      assert.equal(q.get('Subject'), `Changed: ${QUARANTINE_SUBJECT}`);
+    } catch (err) {
+      t.diagnostic(`milter packets:\n${tap?.dump() ?? ''}`);
+      t.diagnostic(`sendmail debug log:\n${await sm.debugLog()}`);
+      throw err;
+    }
   });
 });

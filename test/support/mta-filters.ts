@@ -102,3 +102,44 @@ export function makeChain(): { filterA: Filter; filterB: Filter; events: HookEve
 export function expectedFilterB(subject: string): string {
   return `subject="[A] ${subject}"; x-filter-a="seen"; body-edit=yes`;
 }
+
+/** Subject that makes the modifications chain also quarantine the message. */
+export const QUARANTINE_SUBJECT = 'please quarantine';
+export const QUARANTINE_REASON = 'held by milterd test';
+/** ESMTP args of the sender change: ones both Postfix (3.7 knows only RET and ENVID) and Sendmail accept. */
+export const CHGFROM_ARGS = 'RET=HDRS ENVID=milterd-test';
+
+/**
+ * A chain making every modification, for checking what a real MTA does with each: filter
+ * mod-headers adds X-Added, inserts X-Inserted at index 0, changes Subject, deletes
+ * X-Remove-Me and replaces the body; filter mod-envelope (after it) adds <added@example.test>,
+ * adds <added-par@example.test> with NOTIFY=NEVER, deletes <deleted@example.test>, changes the
+ * sender to <new-sender@example.test> with CHGFROM_ARGS, and quarantines when the Subject is
+ * QUARANTINE_SUBJECT.
+ */
+export function makeModificationsChain(): { headers: Filter; envelope: Filter } {
+  const headers: Filter = {
+    name: 'mod-headers',
+    actions: ['addHeader', 'changeHeader', 'replaceBody'],
+    eom(_ctx, msg) {
+      msg.addHeader('X-Added', 'added value');
+      msg.insertHeader(0, 'X-Inserted', 'inserted at top');
+      const subject = header(msg, 'Subject') ?? '';
+      msg.changeHeader('Subject', 1, `Changed: ${subject}`);
+      msg.deleteHeader('X-Remove-Me', 1);
+      msg.replaceBody('Replaced body.\r\n');
+    },
+  };
+  const envelope: Filter = {
+    name: 'mod-envelope',
+    actions: ['addRcpt', 'delRcpt', 'changeFrom', 'quarantine'],
+    eom(_ctx, msg) {
+      msg.addRcpt('<added@example.test>');
+      msg.addRcpt('<added-par@example.test>', 'NOTIFY=NEVER');
+      msg.delRcpt('<deleted@example.test>');
+      msg.changeFrom('<new-sender@example.test>', CHGFROM_ARGS);
+      if ((header(msg, 'Subject') ?? '').endsWith(QUARANTINE_SUBJECT)) msg.quarantine(QUARANTINE_REASON);
+    },
+  };
+  return { headers, envelope };
+}

@@ -93,6 +93,8 @@ export interface PostfixInstance {
   waitForDelivery(queueId: string, messageId: string, timeoutMs?: number): Promise<DeliveredMessage>;
   /** Every message the sink holds now. */
   delivered(): Promise<DeliveredMessage[]>;
+  /** Queue ids in the hold queue (where a milter's quarantine puts a message). */
+  held(): Promise<string[]>;
   /** Stops Postfix and the sink and removes the folder. Idempotent. */
   stop(): Promise<void>;
 }
@@ -370,7 +372,9 @@ export async function startPostfix(opts: PostfixOptions): Promise<PostfixInstanc
     return found;
   };
 
-  return { dir, smtpPort, sinkPort, sinkDir, maillog, waitForDelivery, delivered, stop };
+  const held = async (): Promise<string[]> => (await readdir(path.join(dir, 'queue', 'hold')).catch(() => [] as string[])).sort();
+
+  return { dir, smtpPort, sinkPort, sinkDir, maillog, waitForDelivery, delivered, held, stop };
 }
 
 function isAlive(pid: number): boolean {

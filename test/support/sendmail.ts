@@ -70,7 +70,11 @@ export interface QueuedMessage {
   readonly quarantineReason: string | undefined;
   /** The `S` line: envelope sender as Sendmail stored it. */
   readonly sender: string | undefined;
-  /** `R` lines: flags (e.g. `PFD`) and address. */
+  /** The `F` line: envelope flags (`n` = RET=HDRS, `b` = body type set, …). */
+  readonly envelopeFlags: string;
+  /** The `Z` line: DSN envelope id (ENVID). */
+  readonly envid: string | undefined;
+  /** `R` lines: flags (`P` primary; DSN NOTIFY `S` success, `F` failure, `D` delay, `N` never) and address. */
   readonly recipients: ReadonlyArray<{ readonly flags: string; readonly address: string }>;
   /** `r` lines (final recipient / ORCPT records). */
   readonly originalRecipients: readonly string[];
@@ -130,6 +134,8 @@ export function parseQf(id: string, qf: string, df: string, quarantined: boolean
   const originalRecipients: string[] = [];
   const macros: Record<string, string> = {};
   let sender: string | undefined;
+  let envelopeFlags = '';
+  let envid: string | undefined;
   let quarantineReason: string | undefined;
   for (const l of logical) {
     if (l === '' || l === '.') continue;
@@ -143,6 +149,8 @@ export function parseQf(id: string, qf: string, df: string, quarantined: boolean
       recipients.push(colon >= 0 ? { flags: rest.slice(0, colon), address: rest.slice(colon + 1) } : { flags: '', address: rest });
     } else if (kind === 'r') originalRecipients.push(rest);
     else if (kind === 'S') sender = rest;
+    else if (kind === 'F') envelopeFlags = rest;
+    else if (kind === 'Z') envid = rest;
     else if (kind === 'q') quarantineReason = rest;
     else if (kind === '$') {
       const m = /^(\{[^}]+\}|.)([\s\S]*)$/.exec(rest);
@@ -154,6 +162,8 @@ export function parseQf(id: string, qf: string, df: string, quarantined: boolean
     quarantined,
     quarantineReason,
     sender,
+    envelopeFlags,
+    envid,
     recipients,
     originalRecipients,
     macros,
