@@ -5,6 +5,8 @@
  * On failure the packets and Sendmail's milter debug log are printed.
  */
 import assert from 'node:assert/strict';
+import { mkdtemp, rm } from 'node:fs/promises';
+import path from 'node:path';
 import { after, before, describe, test, type TestContext } from 'node:test';
 import { MilterServer } from '../../src/server/server.ts';
 import { mtaGate } from '../support/mta-available.ts';
@@ -263,6 +265,55 @@ describe('Sendmail → milterd: every modification applied by Sendmail', { skip:
       assert.equal(q.get('Subject'), `Changed: ${QUARANTINE_SUBJECT}`);
     } catch (err) {
       t.diagnostic(`milter packets:\n${tap?.dump() ?? ''}`);
+      t.diagnostic(`sendmail debug log:\n${await sm.debugLog()}`);
+      throw err;
+    }
+  });
+});
+
+describe('Sendmail → milterd over a unix-domain socket', { skip: gate.skip, timeout: 120_000 }, () => {
+  let server: MilterServer | undefined;
+  let sendmail: SendmailInstance | undefined;
+  let dir: string | undefined;
+
+  before(async () => {
+    gate.require();
+    // Sendmail refuses a socket with a group- or world-writable folder on its path (so not
+    // under /tmp); /run is root's own.
+    dir = await mkdtemp('/run/milterd-test-');
+    const socket = path.join(dir, 'milterd.sock');
+    const { headers } = makeModificationsChain();
+    server = new MilterServer({ listen: `unix:${socket}`, chain: [{ filter: headers }] });
+    await server.start();
+    sendmail = await createSendmail({ milters: [{ name: 'milterd', socket: `unix:${socket}` }] });
+  });
+
+  after(async () => {
+    await sendmail?.cleanup();
+    await server?.stop({ deadlineMs: 5_000 });
+    if (dir) await rm(dir, { recursive: true, force: true });
+  });
+
+  test('a message goes through and is edited', async (t) => {
+    const sm = sendmail as SendmailInstance;
+    try {
+      const session = await sm.session();
+      let r: TransactionResult;
+      try {
+        await session.client.command('EHLO client.milterd.test');
+        r = await session.client.send({
+          from: 'alice@example.test',
+          rcpts: ['bob@example.test'],
+          data: buildMessage({ from: 'alice@example.test', to: ['bob@example.test'], subject: 'unix', messageId: uniqueMessageId('sendmail-unix'), body: 'Hi.\r\n' }),
+        });
+      } finally {
+        await session.close();
+      }
+      assert.equal(r.dataEnd?.code, 250, r.dataEnd?.raw);
+      const msg = await sm.waitQueued(sendmailQueueIdOf(r.dataEnd?.raw ?? ''));
+      assert.equal(msg.get('Subject'), 'Changed: unix');
+      assert.equal(msg.body, 'Replaced body.\n');
+    } catch (err) {
       t.diagnostic(`sendmail debug log:\n${await sm.debugLog()}`);
       throw err;
     }
