@@ -143,3 +143,95 @@ export function makeModificationsChain(): { headers: Filter; envelope: Filter } 
   };
   return { headers, envelope };
 }
+
+/**
+ * Header edge cases: a message (raw text, CRLF, UTF-8) whose headers have no space after the
+ * colon, a tab instead, an empty value, folding, duplicates and 8-bit text; a filter that
+ * changes the 3rd X-Dup then deletes the 2nd (indices as it sees them after each edit), changes
+ * a folded and an empty header, and adds an 8-bit and a folded header.
+ */
+export function headerEdgeCase(messageId: string): { data: string; filter: Filter; seen: string[][] } {
+  const seen: string[][] = [];
+  const data = Buffer.from(
+    [
+      'From: <alice@example.test>',
+      'To: <bob@example.test>',
+      'Subject: Edge cases',
+      'X-NoSpace:tight',
+      `Message-ID: <${messageId}>`,
+      'X-Dup: first',
+      'X-Dup: second',
+      'X-Dup: third',
+      'X-Folded: line one',
+      '\tline two',
+      'X-Empty:',
+      'X-Tab:\tTabbed',
+      'X-8bit: café ✓',
+      '',
+      'body',
+      '',
+    ].join('\r\n'),
+    'utf8',
+  ).toString('latin1'); // the SMTP client sends one byte per char
+  const filter: Filter = {
+    name: 'header-edges',
+    actions: ['addHeader', 'changeHeader'],
+    eom(_ctx, msg) {
+      seen.push(msg.headers.map((h) => `${h.name}:${h.raw}`));
+      msg.changeHeader('X-Dup', 3, 'third changed');
+      msg.deleteHeader('X-Dup', 2);
+      msg.changeHeader('X-Folded', 1, 'new\n\tfolded value');
+      msg.changeHeader('X-Empty', 1, 'now set');
+      msg.addHeader('X-8bit-Seen', header(msg, 'X-8bit') ?? '(none)');
+      msg.addHeader('X-Multi', 'line1\n\tline2');
+    },
+  };
+  return { data, filter, seen };
+}
+
+/** Headers (`Name:raw`, as bytes read as latin1) an MTA must deliver for headerEdgeCase, in order, MTA-added ones left out. */
+export function headerEdgeExpected(messageId: string): string[] {
+  const utf8 = (s: string): string => Buffer.from(s, 'utf8').toString('latin1');
+  return [
+    'From: <alice@example.test>',
+    'To: <bob@example.test>',
+    'Subject: Edge cases',
+    'X-NoSpace:tight',
+    `Message-ID: <${messageId}>`,
+    'X-Dup: first',
+    'X-Dup: third changed',
+    'X-Folded: new\n\tfolded value',
+    'X-Empty: now set',
+    'X-Tab:\tTabbed',
+    utf8('X-8bit: café ✓'),
+    utf8('X-8bit-Seen: café ✓'),
+    'X-Multi: line1\n\tline2',
+  ];
+}
+
+/** The headers the filter must have been given for headerEdgeCase (`Name:raw`, with HDR_LEADSPC). */
+export function headerEdgeSeen(messageId: string): string[] {
+  return [
+    'From: <alice@example.test>',
+    'To: <bob@example.test>',
+    'Subject: Edge cases',
+    'X-NoSpace:tight',
+    `Message-ID: <${messageId}>`,
+    'X-Dup: first',
+    'X-Dup: second',
+    'X-Dup: third',
+    'X-Folded: line one\n\tline two',
+    'X-Empty:',
+    'X-Tab:\tTabbed',
+    'X-8bit: café ✓',
+  ];
+}
+
+/** Changes the tight (no space after the colon) header; milterd promises to keep its style. */
+export const tightHeaderFilter: Filter = {
+  name: 'tight-header',
+  actions: ['changeHeader'],
+  eom(_ctx, msg) {
+    msg.changeHeader('X-NoSpace', 1, 'changed');
+  },
+};

@@ -51,6 +51,8 @@ export interface DumpedHeader {
   readonly name: string;
   /** Value after `Name:` with the leading space removed; continuation lines keep their `\n\t`. */
   readonly value: string;
+  /** Everything after the colon, exactly (leading white space kept). */
+  readonly raw: string;
 }
 
 /** A message as smtp-sink received it from Postfix. */
@@ -215,12 +217,13 @@ export function parseSinkDump(raw: string, file = ''): DeliveredMessage {
   for (const line of headBlock.split('\n')) {
     const last = all[all.length - 1];
     if (/^[ \t]/.test(line) && last) {
-      all[all.length - 1] = { name: last.name, value: `${last.value}\n${line}` };
+      all[all.length - 1] = { name: last.name, value: `${last.value}\n${line}`, raw: `${last.raw}\n${line}` };
       continue;
     }
     const colon = line.indexOf(':');
     if (colon <= 0) continue;
-    all.push({ name: line.slice(0, colon), value: line.slice(colon + 1).replace(/^ /, '') });
+    const raw = line.slice(colon + 1);
+    all.push({ name: line.slice(0, colon), value: raw.replace(/^ /, ''), raw });
   }
   // smtp-sink's pseudo-headers come first, ended by its three-line Received (by … (smtp-sink)).
   let start = 0;

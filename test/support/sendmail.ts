@@ -59,6 +59,8 @@ export interface QueuedHeader {
   readonly name: string;
   /** Value after `Name:` with one leading space removed; continuation lines keep `\n\t`. */
   readonly value: string;
+  /** Everything after the colon, exactly (leading white space kept). */
+  readonly raw: string;
 }
 
 /** A message in the queue folder, from its qf (or hf) and df files. */
@@ -122,7 +124,9 @@ export function sendmailQueueIdOf(replyText: string): string {
 
 /** Parses a qf (or hf) control file and its df body. Exported for unit use. */
 export function parseQf(id: string, qf: string, df: string, quarantined: boolean): QueuedMessage {
-  const lines = qf.split('\n');
+  // Sendmail writes bytes it uses internally as meta characters (0x80–0xFF) behind a 0xFF
+  // METAQUOTE byte in its queue files; drop the quote to get the message's bytes back.
+  const lines = qf.replace(/\xff([\x80-\xff])/g, '$1').split('\n');
   const logical: string[] = [];
   for (const line of lines) {
     // Continuation lines (headers folded over several lines) start with white space.
@@ -142,8 +146,8 @@ export function parseQf(id: string, qf: string, df: string, quarantined: boolean
     const kind = l[0];
     const rest = l.slice(1);
     if (kind === 'H') {
-      const m = /^(?:\?([^?]*)\?)?([^:]+):[ ]?([\s\S]*)$/.exec(rest);
-      if (m) headers.push({ flags: m[1] ?? '', name: m[2] as string, value: m[3] as string });
+      const m = /^(?:\?([^?]*)\?)?([^:]+):([\s\S]*)$/.exec(rest);
+      if (m) headers.push({ flags: m[1] ?? '', name: m[2] as string, value: (m[3] as string).replace(/^ /, ''), raw: m[3] as string });
     } else if (kind === 'R') {
       const colon = rest.indexOf(':');
       recipients.push(colon >= 0 ? { flags: rest.slice(0, colon), address: rest.slice(colon + 1) } : { flags: '', address: rest });
