@@ -13,6 +13,7 @@ import { MilterServer } from '../../src/server/server.ts';
 import type { Filter, FilterContext } from '../../src/chain/filter.ts';
 import { mtaGate } from '../support/mta-available.ts';
 import { startMilterTap, type MilterTap } from '../support/milter-tap.ts';
+import { makeChain } from '../support/mta-filters.ts';
 import {
   SmtpClient,
   buildMessage,
@@ -257,6 +258,77 @@ describe('Postfix → milterd over a unix-domain socket', { skip: gate.skip, tim
       const msg = await pf.waitForDelivery(queueIdOf(r.dataEnd?.raw ?? ''), messageId, 30_000);
       assert.equal(msg.body, `Hi.\n${APPENDED}\n`);
       assert.equal(msg.get('X-Body-Seen'), `size=5 sum=${checksum('Hi.\r\n')} bodySize=5`);
+    } catch (err) {
+      t.diagnostic(`postfix maillog:\n${await pf.maillog()}`);
+      throw err;
+    }
+  });
+});
+
+describe('Postfix → milterd: graceful stop', { skip: gate.skip, timeout: 120_000 }, () => {
+  let server: MilterServer | undefined;
+  let postfix: PostfixInstance | undefined;
+
+  before(async () => {
+    gate.require();
+    const { filterA, filterB } = makeChain();
+    server = new MilterServer({ listen: 'inet:0@127.0.0.1', chain: [{ filter: filterA }, { filter: filterB }] });
+    await server.start();
+    postfix = await startPostfix({ milters: [server.addresses()[0] as string], defaultAction: 'tempfail' });
+  });
+
+  after(async () => {
+    await postfix?.stop();
+    await server?.stop({ deadlineMs: 0 });
+  });
+
+  test('stop() lets an SMTP session in progress finish its message; new sessions get the default action', async (t) => {
+    const pf = postfix as PostfixInstance;
+    const srv = server as MilterServer;
+    try {
+      const a = (await SmtpClient.connect(pf.smtpPort)).client;
+      let stopped = false;
+      let stopping: Promise<void> | undefined;
+      try {
+        await a.command('EHLO a.milterd.test');
+        assert.equal((await a.command('MAIL FROM:<alice@example.test>')).code, 250);
+        assert.equal((await a.command('RCPT TO:<bob@example.test>')).code, 250);
+        assert.equal(srv.connections, 1, 'Postfix holds one milter connection for the session');
+
+        stopping = srv.stop({ deadlineMs: 30_000 }).then(() => {
+          stopped = true;
+        });
+        await new Promise((r) => setTimeout(r, 300));
+        assert.equal(stopped, false, 'stop() must wait for the open MTA connection');
+
+        // A new session cannot reach milterd any more: Postfix applies milter_default_action.
+        const b = (await SmtpClient.connect(pf.smtpPort)).client;
+        try {
+          await b.command('EHLO b.milterd.test');
+          const mail = await b.command('MAIL FROM:<carol@example.test>');
+          assert.equal(mail.code, 451, mail.raw);
+        } finally {
+          await b.quit();
+        }
+
+        // The first session's message is still filtered by both filters.
+        const messageId = uniqueMessageId('postfix-stop');
+        assert.equal((await a.command('DATA')).code, 354);
+        const end = await a.sendContent(
+          buildMessage({ from: 'alice@example.test', to: ['bob@example.test'], subject: 'during stop', messageId, body: 'x\r\n' }),
+        );
+        assert.equal(end.code, 250, end.raw);
+        assert.equal(stopped, false, 'stop() resolved before the MTA closed its connection');
+        const msg = await pf.waitForDelivery(queueIdOf(end.raw), messageId, 30_000);
+        assert.equal(msg.get('Subject'), '[A] during stop');
+        assert.equal(msg.get('X-Filter-A'), 'seen');
+      } finally {
+        await a.quit();
+      }
+      // QUIT makes Postfix close the milter connection; stop() then completes.
+      await stopping;
+      assert.equal(srv.connections, 0);
+      assert.match(await pf.maillog(), /connect to Milter service inet:127\.0\.0\.1:\d+: Connection refused/);
     } catch (err) {
       t.diagnostic(`postfix maillog:\n${await pf.maillog()}`);
       throw err;
