@@ -328,8 +328,9 @@ export async function startPostfix(opts: PostfixOptions): Promise<PostfixInstanc
       throw new Error(`${err.message}\nsmtp-sink output: ${sinkOutput}`);
     });
 
-    // `check` creates the queue sub-folders with the right owners and validates the config.
-    await runOk(POSTFIX_BIN, ['-c', configDir, 'check'], { timeoutMs: startTimeoutMs });
+    // `start` first runs postfix-script check-fatal (creates the queue sub-folders with their
+    // owners, validates the config) and check-warn; a separate `postfix check` would only
+    // repeat that work.
     await runOk(POSTFIX_BIN, ['-c', configDir, 'start'], { timeoutMs: startTimeoutMs });
     started = true;
     // master binds every inet listener before it logs this. Probing the port instead would open an
