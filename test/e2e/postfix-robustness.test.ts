@@ -5,7 +5,7 @@
  * and a unix-domain milter socket.
  */
 import assert from 'node:assert/strict';
-import { chmod, mkdtemp, rm } from 'node:fs/promises';
+import { chmod, mkdtemp, readdir, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test, type TestContext } from 'node:test';
@@ -78,13 +78,16 @@ describe('Postfix → milterd: big bodies, failing filters, concurrency', { skip
   let server: MilterServer | undefined;
   let tap: MilterTap | undefined;
   let postfix: PostfixInstance | undefined;
+  let spillBase: string | undefined;
 
   before(async () => {
     gate.require();
+    spillBase = await mkdtemp(path.join(os.tmpdir(), 'milterd-spill-test-'));
     server = new MilterServer({
       listen: 'inet:0@127.0.0.1',
-      // A small memory limit, so the 1.5 MB body goes through the spill file.
+      // A small memory limit, so the 1.5 MB body goes through a spill file under spillBase.
       bodyMemoryLimit: 256 * 1024,
+      tmpDir: spillBase,
       chain: [{ filter: bodyFilter }, { filter: crashingFilter, onError: 'tempfail' }],
     });
     await server.start();
@@ -96,6 +99,7 @@ describe('Postfix → milterd: big bodies, failing filters, concurrency', { skip
     await postfix?.stop();
     await tap?.close();
     await server?.stop({ deadlineMs: 5_000 });
+    if (spillBase) await rm(spillBase, { recursive: true, force: true });
   });
 
   async function explained(t: TestContext, fn: () => Promise<void>): Promise<void> {
@@ -142,6 +146,13 @@ describe('Postfix → milterd: big bodies, failing filters, concurrency', { skip
           replaced.reduce((n, f) => n + f.payload.length, 0),
           body.length + APPENDED.length + 2,
         );
+        if (size > 256 * 1024) {
+          // The body went to a spill file under the configured tmpDir, removed after the message.
+          const base = spillBase as string;
+          const folders = await readdir(base);
+          assert.equal(folders.length, 1, `one spill folder under tmpDir ${base}: ${folders.join(', ')}`);
+          assert.deepEqual(await readdir(path.join(base, folders[0] as string)), [], 'spill files left behind');
+        }
       });
     });
   }
