@@ -130,3 +130,28 @@ export function parseInetSocket(spec: string): { readonly host: string; readonly
   if (!m) throw new Error(`not an inet:PORT@HOST milter socket: ${spec}`);
   return { host: m[2] as string, port: Number(m[1]) };
 }
+
+const exitHooks = new Set<() => void>();
+let exitHookInstalled = false;
+
+/**
+ * Registers a synchronous last-resort cleanup run when the process exits (a test file that
+ * times out or throws past its after() hooks must not leave a Postfix master or an smtp-sink
+ * running). Returns a function that unregisters it, for the normal cleanup path.
+ */
+export function onProcessExit(fn: () => void): () => void {
+  if (!exitHookInstalled) {
+    exitHookInstalled = true;
+    process.on('exit', () => {
+      for (const hook of exitHooks) {
+        try {
+          hook();
+        } catch {
+          // best effort
+        }
+      }
+    });
+  }
+  exitHooks.add(fn);
+  return () => exitHooks.delete(fn);
+}

@@ -8,11 +8,12 @@
  * the folder unless MILTERD_KEEP_MTA_DIRS is set, handy to read the maillog after a failure).
  * @module
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { rmSync } from 'node:fs';
 import { chown, mkdir, readdir, readFile, rm, writeFile, chmod } from 'node:fs/promises';
 import { userInfo } from 'node:os';
 import path from 'node:path';
-import { freePort, parseInetSocket, run, runOk, tempDir, waitFor, waitForPort } from './mta-util.ts';
+import { freePort, onProcessExit, parseInetSocket, run, runOk, tempDir, waitFor, waitForPort } from './mta-util.ts';
 
 export { SmtpClient, buildMessage, uniqueMessageId } from './smtp-client.ts';
 export type { SmtpReply, TransactionResult, OutgoingMessage } from './smtp-client.ts';
@@ -283,9 +284,17 @@ export async function startPostfix(opts: PostfixOptions): Promise<PostfixInstanc
   const smtpPort = await freePort();
   const sinkPort = await freePort();
 
+  // If the test process dies before stop() runs, do not leave a mail system behind.
+  const unregister = onProcessExit(() => {
+    if (started) execFileSync(POSTFIX_BIN, ['-c', configDir, 'abort'], { stdio: 'ignore', timeout: 10_000 });
+    sink?.kill('SIGKILL');
+    if (!process.env.MILTERD_KEEP_MTA_DIRS) rmSync(dir, { recursive: true, force: true });
+  });
+
   const stop = async (): Promise<void> => {
     if (stopped) return;
     stopped = true;
+    unregister();
     if (started) {
       await run(POSTFIX_BIN, ['-c', configDir, 'stop'], { timeoutMs: 20_000 });
       // `postfix stop` returns once master got the signal; wait for it to be gone.

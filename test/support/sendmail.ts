@@ -14,11 +14,11 @@
  * @module
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, rmSync } from 'node:fs';
 import { chmod, mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { SmtpClient, type SmtpReply } from './smtp-client.ts';
-import { runOk, tempDir, waitFor } from './mta-util.ts';
+import { onProcessExit, runOk, tempDir, waitFor } from './mta-util.ts';
 
 export { SmtpClient, buildMessage, uniqueMessageId } from './smtp-client.ts';
 export type { SmtpReply, TransactionResult, OutgoingMessage } from './smtp-client.ts';
@@ -233,6 +233,10 @@ export async function createSendmail(opts: SendmailOptions): Promise<SendmailIns
 
   const children = new Set<ChildProcess>();
   let cleaned = false;
+  const unregister = onProcessExit(() => {
+    for (const c of children) c.kill('SIGKILL');
+    if (!process.env.MILTERD_KEEP_MTA_DIRS) rmSync(dir, { recursive: true, force: true });
+  });
 
   const session = async (timeoutMs = 60_000): Promise<SendmailSession> => {
     const debug = ['64.5', ...(opts.debugFlags ?? [])].flatMap((d) => [`-d${d}`]);
@@ -307,6 +311,7 @@ export async function createSendmail(opts: SendmailOptions): Promise<SendmailIns
     cleanup: async () => {
       if (cleaned) return;
       cleaned = true;
+      unregister();
       for (const c of children) c.kill('SIGKILL');
       if (!process.env.MILTERD_KEEP_MTA_DIRS) await rm(dir, { recursive: true, force: true });
     },
