@@ -205,6 +205,25 @@ function verdictsChain(): ChainEntry[] {
   return [{ filter }];
 }
 
+/** negotiation.lua: one filter within what restricted MTAs grant, one asking for more. */
+function negotiationChain(): ChainEntry[] {
+  const granted: Filter = {
+    name: 'granted',
+    actions: ['addHeader'],
+    eom(_ctx, msg) {
+      msg.addHeader('X-Granted', 'yes');
+    },
+  };
+  const notGranted: Filter = {
+    name: 'not-granted',
+    actions: ['changeHeader'],
+    eom(_ctx, msg) {
+      msg.changeHeader('Subject', 1, 'must not reach the MTA');
+    },
+  };
+  return [{ filter: granted }, { filter: notGranted, onError: 'continue' }];
+}
+
 describe('miltertest → milterd', { skip: gate.skip, timeout: 120_000 }, () => {
   before(() => gate.require());
 
@@ -342,6 +361,26 @@ describe('miltertest → milterd', { skip: gate.skip, timeout: 120_000 }, () => 
       });
     });
   }
+
+  test('negotiation.lua: v2 and restricted v6 MTAs get only what they offered, and answers to every step', async (t) => {
+    const { result, tap } = await runScript(t, 'negotiation.lua', negotiationChain());
+    t.diagnostic(result.echoes.join('\n'));
+    withPackets(t, tap, () => {
+      const offers = tap.select('mta', 'O').map((f) => ({ conn: f.conn, version: f.payload.readUInt32BE(0), actions: f.payload.readUInt32BE(4), protocol: f.payload.readUInt32BE(8) }));
+      const answers = tap.select('milter', 'O').map((f) => ({ conn: f.conn, version: f.payload.readUInt32BE(0), actions: f.payload.readUInt32BE(4), protocol: f.payload.readUInt32BE(8), length: f.payload.length }));
+      assert.equal(answers.length, 2);
+      for (const [i, a] of answers.entries()) {
+        const o = offers[i];
+        assert.ok(o && o.conn === a.conn);
+        assert.equal(a.version, o.version, 'answers the MTA\'s version when it is at most 6');
+        assert.equal(a.actions & ~o.actions, 0, `actions 0x${a.actions.toString(16)} beyond offer 0x${o.actions.toString(16)}`);
+        assert.equal(a.protocol & ~o.protocol, 0, `protocol 0x${a.protocol.toString(16)} beyond offer 0x${o.protocol.toString(16)}`);
+      }
+      // A version 2 MTA reads exactly three words: no symbol lists.
+      assert.equal(answers[0]?.length, 12);
+      assert.ok(result.echoes.includes('done'));
+    });
+  });
 
   test('verdicts.lua: reject, tempfail and discard at each phase, custom and multi-line replies', async (t) => {
     const { result, tap } = await runScript(t, 'verdicts.lua', verdictsChain());

@@ -8,7 +8,8 @@
 -- and Sendmail do: miltertest then sends " value" and expects the milter's values the same way)
 -- or "0" (do not offer it: values travel without their leading space both ways).
 
-local function fail(fmt, ...) error(string.format(fmt, ...), 2) end
+-- miltertest prints a script error only when the Lua stack is otherwise empty: echo it too.
+local function fail(fmt, ...) local m = string.format(fmt, ...); mt.echo("FAIL: " .. m); error(m, 2) end
 local function ok(err, what) if err ~= nil then fail("%s failed: %s", what, tostring(err)) end end
 local function name(r) if r == nil or r == 0 then return "none" end return string.format("'%s'", string.char(r)) end
 
