@@ -16,6 +16,7 @@
 import { performance } from 'node:perf_hooks';
 import { MilterdError, type ErrorCode } from '../errors.ts';
 import { checkReplyClass, formatReplyCode } from '../protocol/reply-code.ts';
+import { MILTER_CHUNK_SIZE } from '../protocol/constants.ts';
 import { BodyStore, type BodyStoreOptions } from './content.ts';
 import type {
   ChainEntry,
@@ -118,6 +119,9 @@ export class Chain {
         body ||= f.reads?.body ?? true;
       }
       for (const a of e.actions) actions.add(a);
+      // Changing or inserting headers needs the real header list, even if the filter never
+      // reads it: without it a change would turn into a duplicate and indices would be wrong.
+      if (e.actions.has('changeHeader') || e.actions.has('addHeader')) headers = true;
       for (const [stage, list] of Object.entries(f.macros ?? {}) as [MacroStage, readonly string[]][]) {
         let set = macros.get(stage);
         if (set === undefined) macros.set(stage, (set = new Set()));
@@ -194,15 +198,11 @@ type Decision = { readonly ok: true; readonly verdict: Outcome } | { readonly ok
 
 const CONTINUE: Outcome = { type: 'continue' };
 const ACCEPT: Outcome = { type: 'accept' };
-const NO_HOOK = Symbol('no hook');
+/** What a non-continue verdict ends: the connection (connect, HELO) or the message. */
+type Scope = 'connection' | 'message';
 
 function isThenable(v: unknown): v is PromiseLike<unknown> {
   return v !== null && typeof v === 'object' && typeof (v as { then?: unknown }).then === 'function';
-}
-
-/** Is this phase about the connection (accept = out for the connection) rather than the message? */
-function connectionScoped(phase: Phase): boolean {
-  return phase === 'connect' || phase === 'helo' || phase === 'unknown';
 }
 
 /** Runs one connection's filters. Created per connection (and again after QUIT_NC). */
@@ -218,50 +218,59 @@ export class ChainRun {
   }
 
   connect(info: ConnectionInfo): Outcome | Promise<Outcome> {
-    return this.#run('connect', 0, (s) => (s.entry.filter.connect ? s.entry.filter.connect(s, info) : NO_HOOK));
+    return this.#run('connect', 'connection', 0, (f) => f.connect && ((s) => f.connect!(s, info)));
   }
   helo(name: string): Outcome | Promise<Outcome> {
-    return this.#run('helo', 0, (s) => (s.entry.filter.helo ? s.entry.filter.helo(s, name) : NO_HOOK));
+    return this.#run('helo', 'connection', 0, (f) => f.helo && ((s) => f.helo!(s, name)));
   }
   /** MAIL: also starts a new message for every filter. */
   envfrom(from: EnvelopeAddress): Outcome | Promise<Outcome> {
     for (const s of this.#slots) s.resetMessage();
-    return this.#run('envfrom', 0, (s) => (s.entry.filter.envfrom ? s.entry.filter.envfrom(s, from) : NO_HOOK));
+    return this.#run('envfrom', 'message', 0, (f) => f.envfrom && ((s) => f.envfrom!(s, from)));
   }
   envrcpt(rcpt: EnvelopeAddress): Outcome | Promise<Outcome> {
-    return this.#run('envrcpt', 0, (s) => (s.entry.filter.envrcpt ? s.entry.filter.envrcpt(s, rcpt) : NO_HOOK));
+    return this.#run('envrcpt', 'message', 0, (f) => f.envrcpt && ((s) => f.envrcpt!(s, rcpt)));
   }
   data(): Outcome | Promise<Outcome> {
-    return this.#run('data', 0, (s) => (s.entry.filter.data ? s.entry.filter.data(s) : NO_HOOK));
+    return this.#run('data', 'message', 0, (f) => f.data && ((s) => f.data!(s)));
   }
-  unknown(command: string): Outcome | Promise<Outcome> {
-    return this.#run('unknown', 0, (s) => (s.entry.filter.unknown ? s.entry.filter.unknown(s, command) : NO_HOOK));
+  /**
+   * An SMTP command the MTA did not know. Inside a message, an accept or discard is about the
+   * message, as Postfix's milter8.c treats it; outside one, about the connection.
+   */
+  unknown(command: string, inMessage: boolean): Outcome | Promise<Outcome> {
+    return this.#run('unknown', inMessage ? 'message' : 'connection', 0, (f) => f.unknown && ((s) => f.unknown!(s, command)));
   }
 
   /** True when no filter is left for this message: the MTA may be told ACCEPT. */
-  #allOut(phase: Phase): boolean {
+  #allOut(scope: Scope): boolean {
     if (this.#slots.length === 0) return false;
-    return this.#slots.every((s) => s.connOut || (!connectionScoped(phase) && s.msgOut));
+    return this.#slots.every((s) => s.connOut || (scope === 'message' && s.msgOut));
   }
 
-  #run(phase: Phase, from: number, invoke: (s: Slot) => HookResult | typeof NO_HOOK): Outcome | Promise<Outcome> {
+  /**
+   * Runs one envelope phase from filter `from` on. `pick` returns the filter's hook for this
+   * phase, or undefined when it has none (then it is not called and costs nothing).
+   */
+  #run(phase: Phase, scope: Scope, from: number, pick: (f: Filter) => ((s: Slot) => HookResult) | undefined): Outcome | Promise<Outcome> {
     const slots = this.#slots;
     for (let i = from; i < slots.length; i++) {
       const slot = slots[i]!;
-      if (slot.connOut || (slot.msgOut && !connectionScoped(phase))) continue;
-      const d = this.#call(slot, phase, () => invoke(slot));
-      if (d === undefined) continue; // no hook
+      if (slot.connOut || (slot.msgOut && scope === 'message')) continue;
+      const hook = pick(slot.entry.filter);
+      if (hook === undefined) continue;
+      const d = this.#call(slot, phase, () => hook(slot));
       if (isThenable(d)) {
-        return d.then((dd) => this.#after(slot, phase, dd) ?? this.#run(phase, i + 1, invoke));
+        return d.then((dd) => this.#after(slot, phase, scope, dd) ?? this.#run(phase, scope, i + 1, pick));
       }
-      const stop = this.#after(slot, phase, d);
+      const stop = this.#after(slot, phase, scope, d);
       if (stop !== undefined) return stop;
     }
-    return this.#allOut(phase) ? ACCEPT : CONTINUE;
+    return this.#allOut(scope) ? ACCEPT : CONTINUE;
   }
 
   /** Applies a decision to the slot; returns an Outcome when the chain stops here. */
-  #after(slot: Slot, phase: Phase, d: Decision): Outcome | undefined {
+  #after(slot: Slot, phase: Phase, scope: Scope, d: Decision): Outcome | undefined {
     let v: Outcome;
     if (d.ok) v = d.verdict;
     else {
@@ -269,7 +278,7 @@ export class ChainRun {
       switch (slot.entry.onError) {
         case 'continue':
           // Skip the failing filter for the rest of the message (the connection at connect/helo).
-          if (connectionScoped(phase)) slot.connOut = true;
+          if (scope === 'connection') slot.connOut = true;
           else slot.msgOut = true;
           return undefined;
         case 'accept':
@@ -284,9 +293,15 @@ export class ChainRun {
       case 'continue':
         return undefined;
       case 'accept':
-        if (connectionScoped(phase)) slot.connOut = true;
+        if (scope === 'connection') slot.connOut = true;
         else slot.msgOut = true;
         return undefined;
+      case 'discard':
+        // libmilter: "SMFIS_DISCARD should not be returned by a connection-oriented routine".
+        if (scope === 'connection') {
+          return this.#after(slot, phase, scope, fail('MILTERD_FILTER_BAD_VERDICT', `discard is not allowed in ${phase} outside a message`));
+        }
+        return v;
       default:
         return v;
     }
@@ -300,49 +315,44 @@ export class ChainRun {
   }
 
   /**
-   * Calls one hook with the filter's time budgets. Returns undefined when the filter has no
-   * such hook, a Decision for a synchronous hook, a promise of one otherwise.
+   * Calls one hook with the filter's time budgets: a Decision for a synchronous hook, a
+   * promise of one otherwise. A hook that settles after its timeout is ignored entirely.
    */
-  #call(slot: Slot, phase: Phase, fn: () => HookResult | typeof NO_HOOK): Decision | Promise<Decision> | undefined {
+  #call(slot: Slot, phase: Phase, fn: () => HookResult): Decision | Promise<Decision> {
     const budget = slot.entry.messageBudgetMs - slot.msgElapsed;
     if (budget <= 0) {
       return fail('MILTERD_FILTER_MESSAGE_BUDGET', `used its ${slot.entry.messageBudgetMs} ms budget for this message`);
     }
+    slot.controller = undefined;
     const start = performance.now();
-    let r: HookResult | typeof NO_HOOK;
+    let r: HookResult;
     try {
       r = fn();
     } catch (err) {
       slot.msgElapsed += performance.now() - start;
       return thrown(err);
     }
-    if (r === NO_HOOK) return undefined;
     if (!isThenable(r)) {
       slot.msgElapsed += performance.now() - start;
-      slot.controller = undefined;
       return checkVerdict(phase, r);
     }
     const limit = Math.min(slot.entry.timeoutMs, budget);
     return new Promise<Decision>((resolve) => {
+      let settled = false;
+      const settle = (d: Decision): void => {
+        if (settled) return; // late: the timeout already decided
+        settled = true;
+        clearTimeout(timer);
+        slot.msgElapsed += performance.now() - start;
+        resolve(d);
+      };
       const timer = setTimeout(() => {
         slot.controller?.abort(new MilterdError('MILTERD_FILTER_TIMEOUT', 'hook timed out'));
-        slot.controller = undefined;
-        slot.msgElapsed += performance.now() - start;
-        resolve(fail('MILTERD_FILTER_TIMEOUT', `${phase} did not settle within ${Math.round(limit)} ms`));
+        settle(fail('MILTERD_FILTER_TIMEOUT', `${phase} did not settle within ${Math.round(limit)} ms`));
       }, limit);
       (r as PromiseLike<Verdict | undefined | void>).then(
-        (v) => {
-          clearTimeout(timer);
-          slot.controller = undefined;
-          slot.msgElapsed += performance.now() - start;
-          resolve(checkVerdict(phase, v));
-        },
-        (err: unknown) => {
-          clearTimeout(timer);
-          slot.controller = undefined;
-          slot.msgElapsed += performance.now() - start;
-          resolve(thrown(err));
-        },
+        (v) => settle(checkVerdict(phase, v)),
+        (err: unknown) => settle(thrown(err)),
       );
     });
   }
@@ -352,15 +362,22 @@ export class ChainRun {
    * before it. Filters out for the message (accepted, failed with 'continue') are skipped.
    */
   async eom(base: MessageSnapshot): Promise<EomOutcome> {
+    // Bodies created here (replaced bodies) that do not survive are disposed before returning.
+    const created: BodyStore[] = [];
+    const finish = async (o: EomOutcome): Promise<EomOutcome> => {
+      const keep = o.type === 'accept' ? o.final.body : undefined;
+      await Promise.all(created.filter((b) => b !== keep).map((b) => b.dispose()));
+      return o;
+    };
     let current = base;
     for (const slot of this.#slots) {
-      if (slot.connOut || slot.msgOut || typeof slot.entry.filter.eom !== 'function') continue;
+      if (slot.connOut || slot.msgOut) continue;
+      const hook = slot.entry.filter.eom;
+      if (typeof hook !== 'function') continue;
       const editor = new MessageEditor(current, slot.entry.actions, this.#env.negotiated, this.#env.addRcptArgs);
       const view = new EomView(editor);
-      const pending = this.#call(slot, 'eom', () => slot.entry.filter.eom!(slot, view));
-      const d = pending === undefined ? undefined : await pending;
+      const d = await this.#call(slot, 'eom', () => hook.call(slot.entry.filter, slot, view));
       editor.closed = true;
-      if (d === undefined) continue;
       if (!d.ok) {
         this.#logFailure(slot, 'eom', d.error);
         switch (slot.entry.onError) {
@@ -368,20 +385,20 @@ export class ChainRun {
             slot.msgOut = true;
             continue; // its edits are dropped
           case 'accept':
-            return { type: 'accept', final: current };
+            return finish({ type: 'accept', final: current });
           case 'tempfail':
-            return { type: 'tempfail' };
+            return finish({ type: 'tempfail' });
           case 'reject':
-            return { type: 'reject' };
+            return finish({ type: 'reject' });
         }
       }
       const v = d.verdict;
-      if (v.type === 'discard') return { type: 'discard' };
-      if (v.type === 'reject' || v.type === 'tempfail') return v;
-      current = await commit(editor, current, this.#env.bodyStore);
+      if (v.type === 'discard') return finish({ type: 'discard' });
+      if (v.type === 'reject' || v.type === 'tempfail') return finish(v);
+      current = commit(editor, current, this.#env.bodyStore, created);
       if (v.type === 'accept') slot.msgOut = true;
     }
-    return { type: 'accept', final: current };
+    return finish({ type: 'accept', final: current });
   }
 
   /** SMFIC_ABORT or end of message: tell filters that saw the message, reset message state. */
@@ -450,8 +467,6 @@ function checkVerdict(phase: Phase, v: unknown): Decision {
     case 'accept':
       return { ok: true, verdict: ACCEPT };
     case 'discard':
-      // libmilter: "SMFIS_DISCARD should not be returned by a connection-oriented routine".
-      if (connectionScoped(phase)) return fail('MILTERD_FILTER_BAD_VERDICT', `discard is not allowed in ${phase}`);
       return { ok: true, verdict: { type: 'discard' } };
     case 'reject':
     case 'tempfail': {
@@ -480,10 +495,14 @@ function describe(v: unknown): string {
 }
 
 /** Turns a finished editor into the next snapshot; a replaced body becomes a BodyStore. */
-async function commit(editor: MessageEditor, prev: MessageSnapshot, opts: BodyStoreOptions): Promise<MessageSnapshot> {
+function commit(editor: MessageEditor, prev: MessageSnapshot, opts: BodyStoreOptions, created: BodyStore[]): MessageSnapshot {
   let body = prev.body;
   if (editor.body !== prev.body) {
-    body = editor.body instanceof BodyStore ? editor.body : BodyStore.from(editor.body, opts);
+    if (editor.body instanceof BodyStore) body = editor.body;
+    else {
+      body = BodyStore.from(editor.body, opts);
+      created.push(body);
+    }
   }
   return { headers: editor.headers, rcpts: editor.rcpts, from: editor.from, body, quarantine: editor.quarantine };
 }
@@ -503,13 +522,13 @@ class EomView implements EomMessage {
   }
   body(): Promise<Uint8Array> {
     const b = this.#ed.body;
-    return b instanceof BodyStore ? b.read() : Promise.resolve(b);
+    return b instanceof BodyStore ? b.read() : Promise.resolve(b.slice());
   }
   bodyChunks(): AsyncIterable<Uint8Array> {
     const b = this.#ed.body;
     if (b instanceof BodyStore) return b.chunks();
     return (async function* () {
-      for (let i = 0; i < b.length; i += 65536) yield b.subarray(i, i + 65536);
+      for (let i = 0; i < b.length; i += MILTER_CHUNK_SIZE) yield b.slice(i, i + MILTER_CHUNK_SIZE);
     })();
   }
   addHeader(name: string, value: string): void {

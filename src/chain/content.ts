@@ -6,6 +6,7 @@
  */
 import { open, mkdtemp, rm, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
+import { rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { MilterdError } from '../errors.ts';
 
@@ -19,14 +20,29 @@ export interface BodyStoreOptions {
 
 /** Pieces read back from a spill file: one SMFIR_REPLBODY packet each (MILTER_CHUNK_SIZE). */
 const READ_CHUNK = 65535;
-let spillDir: Promise<string> | undefined;
+/** One private (0700, mkdtemp) folder per process and base folder: spill files are message content. */
+const spillDirs = new Map<string, Promise<string>>();
 let spillSeq = 0;
 
 function spillFolder(base: string | undefined): Promise<string> {
-  // One private (0700) folder per process: spill files are message content.
-  spillDir ??= mkdtemp(join(base ?? tmpdir(), 'milterd-'));
-  return spillDir;
+  const root = base ?? tmpdir();
+  let dir = spillDirs.get(root);
+  if (dir === undefined) {
+    dir = mkdtemp(join(root, 'milterd-'));
+    spillDirs.set(root, dir);
+    dir.then(
+      (d) => createdDirs.push(d),
+      () => spillDirs.delete(root), // try again next time (the folder may appear)
+    );
+  }
+  return dir;
 }
+
+const createdDirs: string[] = [];
+// Spill files are removed as messages end; the folders go when the process exits.
+process.once('exit', () => {
+  for (const d of createdDirs) rmSync(d, { recursive: true, force: true });
+});
 
 /** A message body being received or replaced. */
 export class BodyStore {
@@ -109,12 +125,9 @@ export class BodyStore {
     });
   }
 
-  /** The whole body in one buffer. */
+  /** The whole body in one buffer: a copy, so a reader cannot change what later filters see. */
   async read(): Promise<Uint8Array> {
-    if (this.#file === undefined) {
-      if (this.#chunks.length === 1) return this.#chunks[0]!;
-      return Buffer.concat(this.#chunks, this.#size);
-    }
+    if (this.#file === undefined) return Buffer.concat(this.#chunks, this.#size);
     const out = Buffer.allocUnsafe(this.#size);
     let off = 0;
     for await (const c of this.chunks()) {
@@ -124,10 +137,13 @@ export class BodyStore {
     return out;
   }
 
-  /** The body in pieces (at most 65535 bytes each when spilled), streamed from disk when spilled. */
+  /** The body in pieces of at most 65535 bytes, streamed from disk when spilled. */
   async *chunks(): AsyncIterable<Uint8Array> {
     if (this.#file === undefined) {
-      yield* this.#chunks;
+      // Copies of at most MILTER_CHUNK_SIZE bytes, whatever size the pieces were appended in.
+      for (const c of this.#chunks) {
+        for (let i = 0; i < c.length; i += READ_CHUNK) yield c.slice(i, i + READ_CHUNK);
+      }
       return;
     }
     try {
@@ -159,9 +175,7 @@ export class BodyStore {
   async equals(other: BodyStore): Promise<boolean> {
     if (this.#size !== other.#size) return false;
     if (this.spilled || other.spilled) return false; // not worth reading both back: send it
-    const a = await this.read();
-    const b = await other.read();
-    return Buffer.from(a.buffer, a.byteOffset, a.length).equals(b);
+    return Buffer.concat(this.#chunks, this.#size).equals(Buffer.concat(other.#chunks, other.#size));
   }
 
   /** Frees memory and removes the spill file. Safe to call twice. */

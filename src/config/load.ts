@@ -50,7 +50,12 @@ export function fromObject(data: unknown, file: string): Config {
   const lines: string[] = [];
   const valid = validate(copy);
   if (!valid) {
-    for (const e of validate.errors ?? []) lines.push(`${file}: ${keyPath(e)}: ${explain(e)}`);
+    for (const e of validate.errors ?? []) {
+      let why = explain(e);
+      // YAML reads 0660 as the decimal number 660: say how to write it.
+      if (e.instancePath === '/socketMode' && e.keyword === 'type') why += ' (quote it: socketMode: "0660")';
+      lines.push(`${file}: ${keyPath(e)}: ${why}`);
+    }
   } else {
     // Checks JSON Schema cannot express, reported the same way.
     copy.listen.forEach((spec, i) => {

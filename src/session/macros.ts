@@ -6,7 +6,12 @@
  */
 import { SMFIC } from '../protocol/constants.ts';
 
-/** Stages in lookup order, newest first (libmilter's smfi_getsymval order). */
+/**
+ * Stages in lookup order, newest first: the value sent closest to the current command wins.
+ * (libmilter walks its own table, where EOH comes after EOM; the difference only shows when an
+ * MTA sends one macro name at both stages with different values.) `{x}` and `x` are one name
+ * for every name, a superset of libmilter's single-letter rule.
+ */
 const LOOKUP_ORDER = [SMFIC.BODYEOB, SMFIC.EOH, SMFIC.DATA, SMFIC.RCPT, SMFIC.MAIL, SMFIC.HELO, SMFIC.CONNECT] as const;
 /** Stages that belong to a message, cleared when it ends. */
 const MESSAGE_STAGES = [SMFIC.MAIL, SMFIC.RCPT, SMFIC.DATA, SMFIC.EOH, SMFIC.BODYEOB] as const;

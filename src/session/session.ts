@@ -339,7 +339,7 @@ export class Session {
         return this.#quitNc();
       case 'unknown':
         if (this.#state === State.NEGOTIATED) return this.#outOfOrder(cmd);
-        return this.#reply(SMFIC.UNKNOWN, this.#run!.unknown(cmd.command), 'command');
+        return this.#reply(SMFIC.UNKNOWN, this.#run!.unknown(cmd.command, this.#msg !== undefined), 'command');
       default:
         break;
     }
@@ -436,8 +436,10 @@ export class Session {
         `${String.fromCharCode(code)}: ${o.type}`,
       );
     }
-    if (scope === 'recipient') {
-      if (o.type === 'discard' || o.type === 'accept') this.#msg!.done = true;
+    if (scope === 'recipient' || scope === 'command') {
+      // Refusing one recipient or one unknown command leaves the message going; an accept or
+      // discard is about the whole message.
+      if ((o.type === 'discard' || o.type === 'accept') && this.#msg !== undefined) this.#msg.done = true;
       return;
     }
     if (scope === 'message' && this.#msg !== undefined) this.#msg.done = true;

@@ -229,7 +229,6 @@ describe('BodyStore.equals', () => {
 describe('BodyStore spill folder', () => {
   it(
     'each store spills into its own tmpDir',
-    { todo: 'bug: content.ts spillFolder() caches the first folder for the process and ignores a later tmpDir' },
     async () => {
       const s = new BodyStore({ memoryLimit: 1, tmpDir: otherBase });
       s.append(Buffer.from('spill me'));
