@@ -55,20 +55,29 @@ SENDMAIL_LIBS=$(apt-cache depends --no-recommends --no-suggests --no-conflicts -
   sed -n 's/^ *Depends: \(lib[^ ]*\)$/\1/p' | sort -u | tr '\n' ' ')
 [ -n "$SENDMAIL_LIBS" ] || die "could not list sendmail-bin's library dependencies"
 
+# A system postfix that was already running before us (a developer's machine) is left alone;
+# only one that the package installation started gets stopped.
+WAS_RUNNING=
+if command -v postfix >/dev/null && postfix status >/dev/null 2>&1; then WAS_RUNNING=1; fi
+
 PKGS="postfix miltertest libmilter-dev libwrap0 m4 swaks redis-server $SENDMAIL_LIBS"
 step "apt-get install $PKGS"
 # shellcheck disable=SC2086
 apt-get install -y -q --no-install-recommends $PKGS
 
-# If something still started the system postfix (e.g. a pre-existing policy allowed it), stop it
-# and keep it from starting at boot: private instances must own their ports and logs alone.
-if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
-  step "disabling the system postfix service"
-  systemctl disable --now postfix.service >/dev/null 2>&1 || true
-fi
-if postfix status >/dev/null 2>&1; then
-  step "stopping the system postfix"
-  postfix stop
+# If the installation still started the system postfix (e.g. a pre-existing policy allowed it),
+# stop it and keep it from starting at boot: the tests run private instances and need none.
+if [ -z "$WAS_RUNNING" ]; then
+  if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
+    step "disabling the system postfix service"
+    systemctl disable --now postfix.service >/dev/null 2>&1 || true
+  fi
+  if postfix status >/dev/null 2>&1; then
+    step "stopping the system postfix the installation started"
+    postfix stop
+  fi
+else
+  step "leaving the system postfix running (it was running before)"
 fi
 
 SENDMAIL_BIN=$SENDMAIL_ROOT/usr/libexec/sendmail/sendmail
