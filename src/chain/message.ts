@@ -178,8 +178,10 @@ export class MessageEditor {
       return;
     }
     const old = this.headers[at]!;
-    // Keep the original's leading white space style ("Subject:x" stays without a space).
-    const lead = /^[ \t]*/.exec(old.raw)![0] || ' ';
+    // Keep the original's leading white space style ("Subject:x" stays without a space); an
+    // originally empty value gets the usual one space.
+    const ws = /^[ \t]*/.exec(old.raw)![0];
+    const lead = ws === '' && old.raw.length > 0 ? '' : ws || ' ';
     this.headers[at] = { name: old.name, value: v, raw: lead + v, orig: old.orig };
   }
 

@@ -341,7 +341,7 @@ describe('diffToActions: leading space (SMFIP_HDR_LEADSPC)', () => {
     assert.deepEqual(diff(base, edit, true), [
       { kind: 'chgheader', index: 1, name: 'Subject', value: ' new' },
       { kind: 'chgheader', index: 1, name: 'X-Tab', value: '\ttabbed' },
-      { kind: 'chgheader', index: 1, name: 'X-None', value: ' still tight' },
+      { kind: 'chgheader', index: 1, name: 'X-None', value: 'still tight' },
       { kind: 'insheader', index: 0, name: 'X-Ins', value: ' w' },
       { kind: 'addheader', name: 'X-Added', value: ' v' },
     ]);
