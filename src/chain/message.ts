@@ -9,8 +9,11 @@
  *   received, then deletions from the highest index down, so no deletion can shift the index
  *   of a later action whether or not the MTA compacts its list (OpenDKIM CVE-2022-48521 came
  *   from deleting upwards).
- * - SMFIR_INSHEADER's index is 0-based among the headers (0 = top). Postfix counts its own
- *   Received: header, which milters never see, so index 0 lands above it; see docs/mta-setup.md.
+ * - SMFIR_INSHEADER's index is 0-based, but both Postfix and Sendmail count their own
+ *   Received: header, which milters never see, as the first one (Postfix's cleanup_milter.c
+ *   emulates "Sendmail 8.13.6: insert 0 lands before its Received:, 1 just after it"). So we
+ *   send 0 for the top of the message (above Received:, where libmilter filters that insert at
+ *   0 expect it) and position + 1 for any other position. test/e2e checks both MTAs.
  * - SMFIR_ADDHEADER appends.
  * @module
  */
@@ -38,6 +41,9 @@ export interface MessageSnapshot {
 export function headerValue(raw: string): string {
   return raw.charCodeAt(0) === 0x20 ? raw.slice(1) : raw;
 }
+
+/** Headers the MTA counts in SMFIR_INSHEADER indices above those milters see (its Received:). */
+export const MTA_HIDDEN_TOP_HEADERS = 1;
 
 const HEADER_NAME = /^[\x21-\x39\x3b-\x7e]+$/; // RFC 5322 ftext: printable ASCII except ':'
 const MAX_HEADER_BYTES = 65536 - 1024; // Sendmail breaks on a header over 64 KiB
@@ -298,7 +304,7 @@ export function diffToActions(orig: MessageSnapshot, final: MessageSnapshot, opt
     const h = final.headers[f]!;
     if (h.orig >= 0) continue;
     if (f > lastKept) out.push({ kind: 'addheader', name: h.name, value: wire(h) });
-    else out.push({ kind: 'insheader', index: f, name: h.name, value: wire(h) });
+    else out.push({ kind: 'insheader', index: f === 0 ? 0 : f + MTA_HIDDEN_TOP_HEADERS, name: h.name, value: wire(h) });
   }
 
   // 4. Quarantine.

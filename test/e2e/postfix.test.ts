@@ -259,7 +259,7 @@ describe('Postfix → milterd: every modification applied by Postfix', { skip: g
       // SMFIR_INSHEADER indices, so index 0 lands above it.
       assert.deepEqual(
         msg.headers.map((h) => h.name),
-        ['X-Inserted', 'Received', 'From', 'To', 'Subject', 'Message-ID', 'Date', 'MIME-Version', 'Content-Type', 'X-Added'],
+        ['X-Inserted', 'Received', 'From', 'To', 'X-Middle', 'Subject', 'Message-ID', 'Date', 'MIME-Version', 'Content-Type', 'X-Added'],
       );
       assert.equal(msg.get('X-Inserted'), 'inserted at top');
       assert.match(msg.get('Received') ?? '', /\(Postfix\)/);

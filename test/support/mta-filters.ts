@@ -124,6 +124,8 @@ export function makeModificationsChain(): { headers: Filter; envelope: Filter } 
     eom(_ctx, msg) {
       msg.addHeader('X-Added', 'added value');
       msg.insertHeader(0, 'X-Inserted', 'inserted at top');
+      // Between two original headers: the MTA counts its own Received: (invisible to milters).
+      msg.insertHeader(msg.headers.findIndex((h) => h.name === 'Subject'), 'X-Middle', 'before subject');
       const subject = header(msg, 'Subject') ?? '';
       msg.changeHeader('Subject', 1, `Changed: ${subject}`);
       msg.deleteHeader('X-Remove-Me', 1);

@@ -193,7 +193,7 @@ describe('diffToActions: headers', () => {
     );
   });
 
-  it('inserts above originals get insheader with their final index; appends stay addheader', () => {
+  it('inserts above originals get insheader (0 = top, else final position + the MTA\'s hidden Received:); appends stay addheader', () => {
     const base = snapshot({
       headers: headers([
         ['From', 'a'],
@@ -216,13 +216,13 @@ describe('diffToActions: headers', () => {
     assert.deepEqual(diffToActions(base, finalOf(ed, base), { leadingSpace: false }), [
       { kind: 'chgheader', index: 2, name: 'Received', value: 'R2' },
       { kind: 'insheader', index: 0, name: 'X-Top', value: 'top' },
-      { kind: 'insheader', index: 3, name: 'X-Mid', value: 'mid' },
+      { kind: 'insheader', index: 4, name: 'X-Mid', value: 'mid' },
       { kind: 'addheader', name: 'X-End', value: 'e1' },
       { kind: 'addheader', name: 'X-End2', value: 'e2' },
     ]);
   });
 
-  it('an insert index is the position after deletions (deletions are sent before inserts)', () => {
+  it('an insert index is the position after deletions (deletions are sent before inserts), + 1 for the hidden Received:', () => {
     const base = snapshot({
       headers: headers([
         ['A', 'a'],
@@ -238,8 +238,8 @@ describe('diffToActions: headers', () => {
       }),
       [
         { kind: 'chgheader', index: 1, name: 'B', value: '' },
-        { kind: 'insheader', index: 1, name: 'Y', value: 'y' },
-        { kind: 'insheader', index: 2, name: 'X', value: 'x' },
+        { kind: 'insheader', index: 2, name: 'Y', value: 'y' },
+        { kind: 'insheader', index: 3, name: 'X', value: 'x' },
       ],
     );
   });
