@@ -88,6 +88,8 @@ interface Measurement {
   readonly peakRssKiB: number;
   /** Server CPU time during the measured window, as a share of one core. */
   readonly serverCpu: number;
+  /** CPU used by everything else on the machine during the window (cores), to spot a busy machine. */
+  readonly otherCpu: number;
 }
 
 function parseOptions(): RunOptions {
@@ -204,6 +206,19 @@ const CLK_TCK = (() => {
   }
 })();
 
+/** Busy time of the whole machine (all cores), in seconds, from /proc/stat. */
+function machineBusySeconds(): number {
+  try {
+    const line = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0] ?? '';
+    const f = line.trim().split(/\s+/).slice(1).map(Number);
+    // user nice system idle iowait irq softirq steal: busy = all but idle and iowait.
+    const total = f.slice(0, 8).reduce((a, b) => a + b, 0);
+    return (total - (f[3] ?? 0) - (f[4] ?? 0)) / CLK_TCK;
+  } catch {
+    return Number.NaN;
+  }
+}
+
 function peakRssKiB(pid: number): number {
   try {
     const m = /VmHWM:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
@@ -278,16 +293,21 @@ function runLoadgen(o: RunOptions, s: Scenario, address: string, serverPid: numb
   const [cmd, args] = pinned(o, 0, argv);
   const child = spawn(cmd, args, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], cwd: ROOT });
   let cpu0 = Number.NaN;
+  let busy0 = Number.NaN;
   let t0 = 0;
   let serverCpu = Number.NaN;
+  let machineCpu = Number.NaN;
   return new Promise((resolve, reject) => {
     let result: LoadResult | undefined;
     child.on('message', (m: { type: string; phase?: string; result?: LoadResult }) => {
       if (m.type === 'phase' && m.phase === 'measure') {
         cpu0 = cpuSeconds(serverPid);
+        busy0 = machineBusySeconds();
         t0 = performance.now();
       } else if (m.type === 'phase' && m.phase === 'done') {
-        serverCpu = (cpuSeconds(serverPid) - cpu0) / ((performance.now() - t0) / 1000);
+        const dt = (performance.now() - t0) / 1000;
+        serverCpu = (cpuSeconds(serverPid) - cpu0) / dt;
+        machineCpu = (machineBusySeconds() - busy0) / dt;
       } else if (m.type === 'result') {
         result = m.result;
       }
@@ -298,7 +318,12 @@ function runLoadgen(o: RunOptions, s: Scenario, address: string, serverPid: numb
         reject(new Error(`${s.name}: load generator exited with ${code} and no result`));
         return;
       }
-      resolve({ load: result, peakRssKiB: peakRssKiB(serverPid), serverCpu });
+      resolve({
+        load: result,
+        peakRssKiB: peakRssKiB(serverPid),
+        serverCpu,
+        otherCpu: Math.max(0, machineCpu - serverCpu - result.loadgenCpu),
+      });
     });
   });
 }
@@ -324,6 +349,9 @@ interface Row {
   readonly rssMiB: number;
   readonly serverCpu: number;
   readonly loadgenCpu: number;
+  readonly otherCpu: number;
+  /** (max − min) / mean of the per-round msg/s. */
+  readonly spread: number;
   readonly errors: number;
   readonly protocol: number | undefined;
 }
@@ -340,6 +368,12 @@ function toRow(s: Scenario, runs: Measurement[]): Row {
     rssMiB: Math.max(...runs.map((r) => r.peakRssKiB)) / 1024,
     serverCpu: mean(runs.map((r) => r.serverCpu)),
     loadgenCpu: mean(runs.map((r) => r.load.loadgenCpu)),
+    otherCpu: mean(runs.map((r) => r.otherCpu)),
+    spread: (() => {
+      const xs = runs.map((r) => r.load.msgPerSec);
+      const m = mean(xs);
+      return m > 0 ? (Math.max(...xs) - Math.min(...xs)) / m : 0;
+    })(),
     errors: runs.reduce((a, r) => a + r.load.errors.total, 0),
     protocol: runs[0]?.load.negotiated?.protocol,
   };
@@ -407,12 +441,12 @@ function report(o: RunOptions, rows: Row[], notes: string[]): string {
   const by = (id: string): Row | undefined => rows.find((r) => r.s.id === id);
   const lines: string[] = [];
   lines.push('## Latest run', '', ...machineInfo(o), '');
-  lines.push('| scenario | msg/s | p50 ms | p99 ms | server peak RSS | server CPU | loadgen CPU | errors | per round msg/s |');
-  lines.push('|---|---:|---:|---:|---:|---:|---:|---:|---|');
+  lines.push('| scenario | msg/s | p50 ms | p99 ms | server peak RSS | server CPU | loadgen CPU | other CPU | errors | per round msg/s |');
+  lines.push('|---|---:|---:|---:|---:|---:|---:|---:|---:|---|');
   for (const r of rows) {
     lines.push(
       `| (${r.s.id}) ${r.s.title} | ${fmt(r.msgPerSec)} | ${fmt(r.p50, 2)} | ${fmt(r.p99, 2)} | ${fmt(r.rssMiB, 1)} MiB | ` +
-        `${fmt(r.serverCpu * 100)}% | ${fmt(r.loadgenCpu * 100)}% | ${r.errors === 0 ? '0' : `**${r.errors}**`} | ` +
+        `${fmt(r.serverCpu * 100)}% | ${fmt(r.loadgenCpu * 100)}% | ${fmt(r.otherCpu * 100)}% | ${r.errors === 0 ? '0' : `**${r.errors}**`} | ` +
         `${r.runs.map((m) => fmt(m.load.msgPerSec)).join(', ')} |`,
     );
   }
@@ -426,6 +460,15 @@ function report(o: RunOptions, rows: Row[], notes: string[]): string {
   lines.push(`- Throughput ratio b/c (milterd inspect vs libmilter C inspect): **${ratio(b, c)}**`);
   if (b && c) {
     lines.push(`- Target (issue): (b) ≥ (c) at this load: **${b.msgPerSec >= c.msgPerSec ? 'met' : 'NOT met'}**`);
+  }
+  const busy = rows.filter((r) => r.otherCpu > 0.15 || r.spread > 0.2);
+  if (busy.length > 0) {
+    lines.push(
+      '',
+      `**Warning: noisy run.** ${busy
+        .map((r) => `(${r.s.id}) other processes used ${fmt(r.otherCpu * 100)}% CPU, rounds spread ${fmt(r.spread * 100)}%`)
+        .join('; ')}. Re-run on an idle machine for figures to quote.`,
+    );
   }
   lines.push('', 'Negotiated protocol flags:', '');
   for (const r of rows) lines.push(`- (${r.s.id}) ${flagList(r.protocol)}`);
@@ -444,7 +487,8 @@ function report(o: RunOptions, rows: Row[], notes: string[]): string {
   lines.push(
     '',
     'Latency is per message, from sending MAIL to receiving the end-of-message verdict. Server CPU is',
-    'its user+system time during the measured window as a share of one core; peak RSS is VmHWM from',
+    'its user+system time during the measured window as a share of one core (other CPU: the rest of',
+    'the machine, which should be near 0); peak RSS is VmHWM from',
     '/proc/PID/status at the end of the run (max over rounds). The C filter runs on plain libmilter',
     'defaults (no xxfi_negotiate), so it asks for no NR_* flags and the MTA waits for a reply to each',
     'header and body chunk.',
@@ -498,7 +542,8 @@ async function main(): Promise<void> {
       const l = m.load;
       log(
         `  round ${round} (${s.id}) ${s.title.padEnd(36)} ${fmt(l.msgPerSec).padStart(7)} msg/s  p50 ${l.latencyMs.p50.toFixed(2)} ms  ` +
-          `p99 ${l.latencyMs.p99.toFixed(2)} ms  RSS ${fmt(m.peakRssKiB / 1024, 1)} MiB  server CPU ${fmt(m.serverCpu * 100)}%` +
+          `p99 ${l.latencyMs.p99.toFixed(2)} ms  RSS ${fmt(m.peakRssKiB / 1024, 1)} MiB  CPU server ${fmt(m.serverCpu * 100)}% ` +
+          `loadgen ${fmt(l.loadgenCpu * 100)}% other ${fmt(m.otherCpu * 100)}%` +
           (l.errors.total > 0 ? `  !!! ${l.errors.total} ERRORS ${JSON.stringify(l.errors.byKind)}` : ''),
       );
       const list = results.get(s.name) ?? [];
