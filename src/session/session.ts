@@ -481,6 +481,15 @@ export class Session {
       this.#state = State.NEGOTIATED;
       this.#macros.clearAll();
       this.#send(encodeReply(neg.reply));
+      const missing = [...chain.needs.actions].filter((a) => !neg.grantedActions.has(a));
+      if (missing.length > 0) {
+        // libmilter would refuse the connection; we keep serving the filters that can work and
+        // fail (by policy) only the edits that need what the MTA did not offer.
+        this.#log.warn(
+          { code: 'MILTERD_FILTER_ACTION_NOT_NEGOTIATED', missing, mtaActions: hex(cmd.actions) },
+          `the MTA does not allow ${missing.join(', ')}: filters that use them will fail by policy`,
+        );
+      }
       this.#log.debug(
         {
           mta: { version: cmd.version, actions: hex(cmd.actions), protocol: hex(cmd.protocol) },
