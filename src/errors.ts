@@ -120,6 +120,64 @@ export const ERRORS = {
     summary: 'Connections were still open when the shutdown deadline passed; they were closed.',
   },
 
+  // --- plugin: loading and running sandboxed plugins (src/plugins, src/sandbox) -----------
+  MILTERD_PLUGIN_NOT_FOUND: {
+    area: 'plugin',
+    summary: 'A plugin named in the chain could not be found (no such folder, or the npm package is not installed).',
+  },
+  MILTERD_PLUGIN_MANIFEST: {
+    area: 'plugin',
+    summary: 'A plugin\'s package.json has no valid "milterd" manifest; the message names the plugin and the field.',
+  },
+  MILTERD_PLUGIN_SDK_INCOMPATIBLE: {
+    area: 'plugin',
+    summary: 'A plugin asks for an @milterd/sdk version range the host does not provide; the message names plugin, wanted and available.',
+  },
+  MILTERD_PLUGIN_BUNDLE: {
+    area: 'plugin',
+    summary: 'A plugin could not be bundled (syntax error, missing dependency); the message gives file and line.',
+  },
+  MILTERD_PLUGIN_FORBIDDEN_IMPORT: {
+    area: 'plugin',
+    summary: 'A plugin imports a Node built-in or another module the sandbox cannot provide; it is refused at load.',
+  },
+  MILTERD_PLUGIN_LOAD: {
+    area: 'plugin',
+    summary: 'A bundled plugin failed to load in its sandbox (it threw at start-up, or defined no hooks).',
+  },
+  MILTERD_PLUGIN_CAPABILITY: {
+    area: 'plugin',
+    summary: 'A plugin used a host service (kv, dns, log, clock) that the administrator did not grant it.',
+  },
+  MILTERD_PLUGIN_BAD_ARGUMENT: {
+    area: 'plugin',
+    summary: 'A plugin called a host service with invalid arguments (wrong type, too long, bad name).',
+  },
+  MILTERD_PLUGIN_CPU: {
+    area: 'plugin',
+    summary: 'A plugin call used more CPU time than its limit; its isolate is recycled.',
+  },
+  MILTERD_PLUGIN_WALL: {
+    area: 'plugin',
+    summary: 'A plugin call (including its waits for host services) ran longer than its wall-clock limit; its isolate is recycled.',
+  },
+  MILTERD_PLUGIN_MEMORY: {
+    area: 'plugin',
+    summary: 'A plugin went over its memory limit (isolate heap, or its sandbox process); the isolate or the process is recycled.',
+  },
+  MILTERD_PLUGIN_CRASHED: {
+    area: 'plugin',
+    summary: 'A plugin\'s sandbox process died (V8 fatal error, catastrophic out-of-memory, kill); calls in flight get the failure policy and the process restarts with backoff.',
+  },
+  MILTERD_PLUGIN_CIRCUIT_OPEN: {
+    area: 'plugin',
+    summary: 'A plugin kept failing and its circuit breaker is open: it is switched off (calls get the failure policy at once) until a retry succeeds.',
+  },
+  MILTERD_PLUGIN_OUTPUT: {
+    area: 'plugin',
+    summary: 'A plugin returned more data than allowed (too many modifications, a header or body too large).',
+  },
+
   // --- config ------------------------------------------------------------------------------
   MILTERD_CONFIG_READ: {
     area: 'config',
