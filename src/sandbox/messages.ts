@@ -1,0 +1,60 @@
+/**
+ * Messages between the daemon and a plugin's sandbox process (Node IPC with structured-clone
+ * serialization, so Uint8Array bodies cross without base64).
+ * @module
+ */
+import type { Capability, WireCall, WireDescription, WireResult } from '../../sdk/src/protocol.ts';
+
+/** Limits enforced inside the sandbox process. */
+export interface SandboxLimits {
+  /** Isolate heap limit (isolated-vm memoryLimit), MB. */
+  readonly memoryMb: number;
+  /** CPU time of one call's synchronous part (isolated-vm `timeout`), ms. */
+  readonly cpuMs: number;
+  /** Wall-clock time of one call, awaits included (watchdog), ms. */
+  readonly wallMs: number;
+}
+
+/** Daemon → sandbox. */
+export type ToSandbox =
+  | {
+      readonly type: 'init';
+      readonly plugin: string;
+      /** The SDK runtime module (one ESM file, no imports). */
+      readonly sdkCode: string;
+      /** The plugin bundle (one ESM file importing only '@milterd/sdk'). */
+      readonly pluginCode: string;
+      readonly capabilities: readonly Capability[];
+      readonly limits: SandboxLimits;
+      /** Isolates in the pool: calls of different connections run in parallel across them. */
+      readonly poolSize: number;
+      /** Plugin options from the configuration, passed to the plugin as ctx.options. */
+      readonly options: unknown;
+    }
+  | { readonly type: 'call'; readonly id: number; readonly call: WireCall };
+
+/** One log record a plugin wrote during a call (ctx.log), shipped back with the result. */
+export interface PluginLog {
+  readonly level: 'debug' | 'info' | 'warn' | 'error';
+  readonly msg: string;
+  readonly fields?: Record<string, unknown>;
+}
+
+/** A failure inside the sandbox, with a catalogue code. */
+export interface SandboxFailure {
+  readonly code: string;
+  readonly message: string;
+}
+
+/** Sandbox → daemon. */
+export type FromSandbox =
+  | { readonly type: 'ready'; readonly description: WireDescription }
+  | { readonly type: 'init-error'; readonly error: SandboxFailure }
+  | {
+      readonly type: 'result';
+      readonly id: number;
+      readonly result?: WireResult;
+      readonly error?: SandboxFailure;
+      readonly logs: readonly PluginLog[];
+    }
+  | { readonly type: 'fatal'; readonly message: string };

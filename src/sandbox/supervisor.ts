@@ -1,0 +1,319 @@
+/**
+ * Supervises one plugin's sandbox process: starts it, routes calls to it, restarts it with
+ * backoff when it dies, kills it when it goes over its process memory limit or stops
+ * answering, and switches the plugin off with a circuit breaker when it keeps failing.
+ *
+ * Why one process per plugin (and a pool of isolates inside it): a V8 fatal error or a
+ * catastrophic out-of-memory in one vendor's plugin then costs only that plugin's calls in
+ * flight, never another plugin's, and the memory guard, restarts and breaker are per plugin,
+ * which is how an administrator thinks about them. The price is one Node process (~45 MB) per
+ * plugin. See docs/architecture.md.
+ * @module
+ */
+import { fork, type ChildProcess } from 'node:child_process';
+import { readFile } from 'node:fs/promises';
+import { fileURLToPath } from 'node:url';
+import { MilterdError, type ErrorCode, ERRORS } from '../errors.ts';
+import type { Logger } from '../log.ts';
+import type { Capability, WireCall, WireDescription, WireResult } from '../../sdk/src/protocol.ts';
+import type { FromSandbox, PluginLog, SandboxLimits, ToSandbox } from './messages.ts';
+
+const WORKER = fileURLToPath(new URL('./worker.ts', import.meta.url));
+
+/** How a supervisor runs its plugin. */
+export interface SupervisorOptions {
+  readonly plugin: string;
+  readonly sdkCode: string;
+  readonly pluginCode: string;
+  readonly capabilities: readonly Capability[];
+  readonly limits: SandboxLimits;
+  readonly poolSize: number;
+  readonly options: unknown;
+  /** RSS above which the sandbox process is killed, MB (backs the soft isolate limit). */
+  readonly processMemoryMb: number;
+  readonly logger: Logger;
+  /** Consecutive failures (crash, CPU, wall, memory) that open the breaker. Default 5. */
+  readonly breakerThreshold?: number;
+  /** First breaker cool-down, ms; doubles on each failed retry up to 5 min. Default 10 000. */
+  readonly breakerCooldownMs?: number;
+}
+
+/** What a call returns. */
+export interface CallResult {
+  readonly result: WireResult;
+  readonly logs: readonly PluginLog[];
+}
+
+/** Failures that count against the circuit breaker: the plugin, not its input, is at fault. */
+const BREAKER_CODES: ReadonlySet<string> = new Set([
+  'MILTERD_PLUGIN_CRASHED',
+  'MILTERD_PLUGIN_CPU',
+  'MILTERD_PLUGIN_WALL',
+  'MILTERD_PLUGIN_MEMORY',
+]);
+
+interface Pending {
+  readonly resolve: (r: CallResult) => void;
+  readonly reject: (e: MilterdError) => void;
+  readonly timer: NodeJS.Timeout;
+}
+
+function pluginError(code: string, message: string, plugin: string, logs?: readonly PluginLog[]): MilterdError {
+  const c = (code in ERRORS ? code : 'MILTERD_FILTER_THREW') as ErrorCode;
+  return new MilterdError(c, message, { details: { plugin, ...(logs && logs.length > 0 ? { logs } : {}) } });
+}
+
+/** Reads a process's resident set size in MB from /proc (Linux). */
+async function rssMb(pid: number): Promise<number | undefined> {
+  try {
+    const status = await readFile(`/proc/${pid}/status`, 'utf8');
+    const m = /^VmRSS:\s+(\d+)\s+kB/m.exec(status);
+    return m ? Number(m[1]) / 1024 : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** One plugin's sandbox process. */
+export class Supervisor {
+  readonly #o: SupervisorOptions;
+  readonly #log: Logger;
+  #child: ChildProcess | undefined;
+  #ready: Promise<WireDescription> | undefined;
+  readonly #pending = new Map<number, Pending>();
+  #seq = 0;
+  #stopped = false;
+  #restarts = 0;
+  #backoff = 0;
+  #startedAt = 0;
+  #killReason: { code: ErrorCode; message: string } | undefined;
+  #memTimer: NodeJS.Timeout | undefined;
+  #consecutive = 0;
+  #openUntil = 0;
+  #cooldown: number;
+  description: WireDescription | undefined;
+
+  constructor(options: SupervisorOptions) {
+    this.#o = options;
+    this.#log = options.logger.child({ plugin: options.plugin });
+    this.#cooldown = options.breakerCooldownMs ?? 10_000;
+  }
+
+  /** Starts the sandbox and loads the plugin; rejects with MILTERD_PLUGIN_LOAD if it fails. */
+  async start(): Promise<WireDescription> {
+    this.#ready = this.#spawn();
+    this.description = await this.#ready;
+    return this.description;
+  }
+
+  /** For diagnostics and `milterd check`. */
+  status(): { state: 'running' | 'starting' | 'open' | 'stopped'; restarts: number; pid: number | undefined } {
+    const state = this.#stopped ? 'stopped' : Date.now() < this.#openUntil ? 'open' : this.#child?.connected ? 'running' : 'starting';
+    return { state, restarts: this.#restarts, pid: this.#child?.pid };
+  }
+
+  #spawn(): Promise<WireDescription> {
+    const o = this.#o;
+    this.#killReason = undefined;
+    const child = fork(WORKER, [], {
+      execArgv: ['--no-node-snapshot', '--disable-warning=ExperimentalWarning'],
+      serialization: 'advanced',
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+      env: {}, // plugins get no environment, and the sandbox process needs none
+    });
+    this.#child = child;
+    this.#startedAt = Date.now();
+    const ready = new Promise<WireDescription>((resolve, reject) => {
+      const onMessage = (m: FromSandbox): void => {
+        if (m.type === 'ready') {
+          child.off('exit', onEarlyExit);
+          resolve(m.description);
+        } else if (m.type === 'init-error') {
+          child.off('exit', onEarlyExit);
+          child.kill('SIGKILL');
+          reject(pluginError('MILTERD_PLUGIN_LOAD', `plugin ${o.plugin} failed to load: ${m.error.message}`, o.plugin));
+        }
+      };
+      const onEarlyExit = (code: number | null, signal: NodeJS.Signals | null): void => {
+        reject(pluginError('MILTERD_PLUGIN_LOAD', `sandbox of ${o.plugin} exited while loading (${signal ?? code})`, o.plugin));
+      };
+      child.on('message', onMessage);
+      child.once('exit', onEarlyExit);
+    });
+    child.on('message', (m: FromSandbox) => this.#onMessage(m));
+    child.once('exit', (code, signal) => this.#onExit(child, code, signal));
+    child.on('error', (err) => this.#log.error({ code: 'MILTERD_PLUGIN_CRASHED', err: err.message }, 'sandbox process error'));
+    const init: ToSandbox = {
+      type: 'init',
+      plugin: o.plugin,
+      sdkCode: o.sdkCode,
+      pluginCode: o.pluginCode,
+      capabilities: o.capabilities,
+      limits: o.limits,
+      poolSize: o.poolSize,
+      options: o.options,
+    };
+    child.send(init);
+    this.#watchMemory(child);
+    return ready;
+  }
+
+  #watchMemory(child: ChildProcess): void {
+    clearInterval(this.#memTimer);
+    // The isolate limit is soft ("a determined attacker could use 2-3 times this limit"):
+    // the process's RSS is the hard line.
+    this.#memTimer = setInterval(() => {
+      if (child.pid === undefined || child.exitCode !== null) return;
+      void rssMb(child.pid).then((mb) => {
+        if (mb !== undefined && mb > this.#o.processMemoryMb && child.exitCode === null) {
+          this.#killReason = {
+            code: 'MILTERD_PLUGIN_MEMORY',
+            message: `sandbox process used ${Math.round(mb)} MB, over its ${this.#o.processMemoryMb} MB limit`,
+          };
+          this.#log.error({ code: 'MILTERD_PLUGIN_MEMORY', rssMb: Math.round(mb) }, this.#killReason.message);
+          child.kill('SIGKILL');
+        }
+      });
+    }, 50);
+    this.#memTimer.unref();
+  }
+
+  #onMessage(m: FromSandbox): void {
+    switch (m.type) {
+      case 'result': {
+        const p = this.#pending.get(m.id);
+        if (p === undefined) return; // answered late, after our own watchdog
+        this.#pending.delete(m.id);
+        clearTimeout(p.timer);
+        if (m.error !== undefined) {
+          this.#fail(m.error.code);
+          p.reject(pluginError(m.error.code, m.error.message, this.#o.plugin, m.logs));
+        } else {
+          this.#consecutive = 0;
+          p.resolve({ result: m.result!, logs: m.logs });
+        }
+        return;
+      }
+      case 'fatal':
+        this.#killReason = { code: 'MILTERD_PLUGIN_CRASHED', message: `V8 fatal error in the sandbox: ${m.message}` };
+        this.#log.error({ code: 'MILTERD_PLUGIN_CRASHED', err: m.message }, 'catastrophic error in the sandbox');
+        return;
+      default:
+        return;
+    }
+  }
+
+  #onExit(child: ChildProcess, code: number | null, signal: NodeJS.Signals | null): void {
+    if (this.#child !== child) return;
+    clearInterval(this.#memTimer);
+    const reason = this.#killReason ?? {
+      code: 'MILTERD_PLUGIN_CRASHED' as ErrorCode,
+      message: `sandbox process exited (${signal ?? `code ${code}`})`,
+    };
+    for (const [id, p] of this.#pending) {
+      this.#pending.delete(id);
+      clearTimeout(p.timer);
+      p.reject(pluginError(reason.code, reason.message, this.#o.plugin));
+    }
+    if (this.#stopped) return;
+    // A kill by our own call watchdog was already counted when it fired.
+    if (!(this.#killReason?.code === 'MILTERD_PLUGIN_WALL')) this.#fail(reason.code);
+    this.#restarts++;
+    // Backoff doubles while the process keeps dying young; a process that lived 30 s resets it.
+    this.#backoff = Date.now() - this.#startedAt > 30_000 ? 100 : Math.min(Math.max(100, this.#backoff * 2), 5000);
+    this.#log.warn({ code: reason.code, restartInMs: this.#backoff, restarts: this.#restarts }, `${reason.message}; restarting`);
+    const delay = this.#backoff;
+    this.#ready = new Promise<void>((r) => setTimeout(r, delay)).then(() => {
+      if (this.#stopped) throw pluginError('MILTERD_PLUGIN_CRASHED', 'stopped', this.#o.plugin);
+      return this.#spawn();
+    });
+    this.#ready.catch((err: unknown) => {
+      if (!this.#stopped) this.#log.error({ code: (err as MilterdError).code, err: (err as Error).message }, 'sandbox restart failed');
+    });
+  }
+
+  /** Counts a failure against the breaker; opens it at the threshold. */
+  #fail(code: string): void {
+    if (!BREAKER_CODES.has(code)) return;
+    this.#consecutive++;
+    const threshold = this.#o.breakerThreshold ?? 5;
+    if (this.#consecutive >= threshold) {
+      const now = Date.now();
+      const wasOpen = this.#openUntil !== 0;
+      if (wasOpen && now >= this.#openUntil) this.#cooldown = Math.min(this.#cooldown * 2, 300_000); // a failed retry
+      this.#openUntil = now + this.#cooldown;
+      this.#consecutive = 0;
+      this.#log.error(
+        { code: 'MILTERD_PLUGIN_CIRCUIT_OPEN', cause: code, retryInMs: this.#cooldown },
+        `plugin ${this.#o.plugin} keeps failing (${code}): switched off for ${this.#cooldown} ms`,
+      );
+    }
+  }
+
+  /**
+   * Runs one call. Rejects with a MilterdError whose code says what went wrong (the chain
+   * turns it into the plugin's failure policy).
+   */
+  async call(call: WireCall, timeoutMs: number): Promise<CallResult> {
+    if (this.#stopped) throw pluginError('MILTERD_PLUGIN_CRASHED', `plugin ${this.#o.plugin} is stopped`, this.#o.plugin);
+    const now = Date.now();
+    if (now < this.#openUntil) {
+      throw pluginError('MILTERD_PLUGIN_CIRCUIT_OPEN', `plugin ${this.#o.plugin} is switched off after repeated failures`, this.#o.plugin);
+    }
+    if (this.#openUntil !== 0 && this.#consecutive === 0) {
+      // Half-open: this call is the retry. Success closes the breaker (see #onMessage).
+      this.#log.info({ plugin: this.#o.plugin }, 'retrying a switched-off plugin');
+    }
+    const child = this.#child;
+    if (child === undefined || !child.connected) {
+      // Restarting: wait for it, within this call's time.
+      await Promise.race([
+        this.#ready,
+        new Promise((_, rej) =>
+          setTimeout(() => rej(pluginError('MILTERD_PLUGIN_CRASHED', `plugin ${this.#o.plugin} is restarting`, this.#o.plugin)), timeoutMs).unref(),
+        ),
+      ]);
+    }
+    return this.#send(call, timeoutMs);
+  }
+
+  #send(call: WireCall, timeoutMs: number): Promise<CallResult> {
+    const child = this.#child!;
+    const id = ++this.#seq;
+    return new Promise<CallResult>((resolve, reject) => {
+      // The sandbox answers a runaway call itself at wallMs; if it does not, it is stuck in
+      // something V8 cannot interrupt: kill it (its other calls get the policy, it restarts).
+      const timer = setTimeout(() => {
+        if (!this.#pending.has(id)) return;
+        this.#pending.delete(id);
+        this.#killReason = { code: 'MILTERD_PLUGIN_WALL', message: `sandbox did not answer ${call.phase} within ${timeoutMs} ms` };
+        this.#log.error({ code: 'MILTERD_PLUGIN_WALL', hook: call.phase }, `${this.#killReason.message}; killing it`);
+        this.#fail('MILTERD_PLUGIN_WALL');
+        reject(pluginError('MILTERD_PLUGIN_WALL', this.#killReason.message, this.#o.plugin));
+        child.kill('SIGKILL');
+      }, timeoutMs);
+      this.#pending.set(id, { resolve, reject, timer });
+      const msg: ToSandbox = { type: 'call', id, call };
+      child.send(msg, (err) => {
+        if (err && this.#pending.has(id)) {
+          this.#pending.delete(id);
+          clearTimeout(timer);
+          reject(pluginError('MILTERD_PLUGIN_CRASHED', `cannot reach the sandbox: ${err.message}`, this.#o.plugin));
+        }
+      });
+    });
+  }
+
+  /** Stops the sandbox process (calls in flight fail). */
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    clearInterval(this.#memTimer);
+    const child = this.#child;
+    if (child === undefined || child.exitCode !== null || child.signalCode !== null) return;
+    const exited = new Promise<void>((r) => child.once('exit', () => r()));
+    child.disconnect?.();
+    const t = setTimeout(() => child.kill('SIGKILL'), 2000);
+    await exited;
+    clearTimeout(t);
+  }
+}

@@ -1,0 +1,348 @@
+/**
+ * The sandbox process of one plugin (started by the supervisor with `--no-node-snapshot`, as
+ * isolated-vm asks). It owns a pool of isolates running the plugin and answers calls from the
+ * daemon over IPC. Nothing else runs here: if plugin code takes V8 down (catastrophic
+ * out-of-memory, an uninterruptible operation), only this process dies, and the daemon that
+ * owns the MTA connections gives the calls in flight the plugin's failure policy.
+ *
+ * Per call: the isolate's `timeout` bounds synchronous CPU time; a watchdog bounds wall-clock
+ * time including awaits (isolate timeouts do not cover code after an await); the isolate heap
+ * limit bounds memory. Any of the three recycles the isolate: a plugin that misbehaved once is
+ * not trusted with its state again.
+ * @module
+ */
+import ivm from 'isolated-vm';
+import { Resolver } from 'node:dns/promises';
+import { isIP } from 'node:net';
+import type { Capability, WireCall, WireDescription, WireResult } from '../../sdk/src/protocol.ts';
+import type { FromSandbox, PluginLog, SandboxFailure, SandboxLimits, ToSandbox } from './messages.ts';
+
+type Init = Extract<ToSandbox, { type: 'init' }>;
+
+const MAX_LOGS_PER_CALL = 100;
+const MAX_LOG_CHARS = 4000;
+const MAX_KV_KEY = 512;
+const MAX_KV_VALUE = 65536;
+const MAX_KV_ENTRIES = 100_000;
+const MAX_TTL_MS = 30 * 24 * 3600 * 1000;
+
+function send(m: FromSandbox): void {
+  process.send?.(m);
+}
+
+function failure(code: string, message: string): SandboxFailure {
+  return { code, message };
+}
+
+/** A host-service argument error: thrown into the plugin as a plain Error with a code prefix. */
+function badArgument(message: string): Error {
+  return new Error(`[MILTERD_PLUGIN_BAD_ARGUMENT] ${message}`);
+}
+
+/** The plugin's key-value store (in this process; namespaced per plugin by construction). */
+class MemoryKv {
+  readonly #map = new Map<string, { value: string | number; expires: number }>();
+
+  #live(key: string): { value: string | number; expires: number } | undefined {
+    const e = this.#map.get(key);
+    if (e === undefined) return undefined;
+    if (e.expires !== 0 && e.expires <= Date.now()) {
+      this.#map.delete(key);
+      return undefined;
+    }
+    return e;
+  }
+
+  #room(): void {
+    if (this.#map.size < MAX_KV_ENTRIES) return;
+    const now = Date.now();
+    for (const [k, e] of this.#map) if (e.expires !== 0 && e.expires <= now) this.#map.delete(k);
+    if (this.#map.size >= MAX_KV_ENTRIES) throw badArgument(`kv is full (${MAX_KV_ENTRIES} keys)`);
+  }
+
+  run(op: unknown, key: unknown, value: unknown, ttl: unknown): string | number | boolean | null {
+    if (typeof key !== 'string' || key.length === 0 || key.length > MAX_KV_KEY) {
+      throw badArgument(`kv key must be a string of 1-${MAX_KV_KEY} characters`);
+    }
+    if (ttl !== undefined && ttl !== null && (typeof ttl !== 'number' || !Number.isInteger(ttl) || ttl <= 0 || ttl > MAX_TTL_MS)) {
+      throw badArgument(`kv ttlMs must be an integer from 1 to ${MAX_TTL_MS}`);
+    }
+    const expires = typeof ttl === 'number' ? Date.now() + ttl : 0;
+    switch (op) {
+      case 'get':
+        return this.#live(key)?.value ?? null;
+      case 'set': {
+        if (typeof value === 'string' ? value.length > MAX_KV_VALUE : typeof value !== 'number' || !Number.isFinite(value)) {
+          throw badArgument(`kv value must be a finite number or a string of at most ${MAX_KV_VALUE} characters`);
+        }
+        this.#room();
+        this.#map.set(key, { value: value as string | number, expires });
+        return true;
+      }
+      case 'incr': {
+        const by = value === undefined || value === null ? 1 : value;
+        if (typeof by !== 'number' || !Number.isFinite(by)) throw badArgument('kv incr step must be a finite number');
+        const e = this.#live(key);
+        const cur = e === undefined ? 0 : typeof e.value === 'number' ? e.value : Number(e.value);
+        if (!Number.isFinite(cur)) throw badArgument(`kv incr on a non-numeric value at ${key}`);
+        this.#room();
+        const next = cur + by;
+        this.#map.set(key, { value: next, expires: typeof ttl === 'number' ? expires : (e?.expires ?? 0) });
+        return next;
+      }
+      case 'del':
+        return this.#map.delete(key);
+      default:
+        throw badArgument(`unknown kv operation ${String(op)}`);
+    }
+  }
+}
+
+const DNS_TYPES = new Set(['A', 'AAAA', 'MX', 'TXT', 'PTR']);
+const HOSTNAME = /^(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)*[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.?$/;
+
+async function dnsLookup(type: unknown, name: unknown, timeoutMs: unknown): Promise<unknown> {
+  if (typeof type !== 'string' || !DNS_TYPES.has(type.toUpperCase())) throw badArgument(`dns type must be one of ${[...DNS_TYPES].join(', ')}`);
+  if (typeof name !== 'string') throw badArgument('dns name must be a string');
+  const t = type.toUpperCase();
+  if (t === 'PTR' ? isIP(name) === 0 && !HOSTNAME.test(name) : !HOSTNAME.test(name)) throw badArgument(`invalid DNS name ${JSON.stringify(name).slice(0, 80)}`);
+  const ms = typeof timeoutMs === 'number' && timeoutMs > 0 ? Math.min(timeoutMs, 10_000) : 2000;
+  const r = new Resolver({ timeout: ms, tries: 1 });
+  try {
+    switch (t) {
+      case 'A':
+        return await r.resolve4(name);
+      case 'AAAA':
+        return await r.resolve6(name);
+      case 'MX':
+        return (await r.resolveMx(name)).map((m) => ({ exchange: m.exchange, priority: m.priority }));
+      case 'TXT':
+        return (await r.resolveTxt(name)).map((parts) => parts.join(''));
+      default:
+        return isIP(name) !== 0 ? await r.reverse(name) : await r.resolvePtr(name);
+    }
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code ?? 'ERROR';
+    // NXDOMAIN and "no data" are answers, not failures.
+    if (code === 'ENOTFOUND' || code === 'ENODATA') return [];
+    throw new Error(`[MILTERD_PLUGIN_DNS] ${t} ${name}: ${code}`);
+  }
+}
+
+interface Job {
+  readonly id: number;
+  readonly call: WireCall;
+  logs: PluginLog[];
+  done: boolean;
+}
+
+/** One isolate running the plugin, one call at a time. */
+class Slot {
+  readonly #init: Init;
+  readonly #kv: MemoryKv;
+  #isolate: ivm.Isolate | undefined;
+  #dispatch: ivm.Reference | undefined;
+  #ready: Promise<void> | undefined;
+  readonly #queue: Job[] = [];
+  #current: Job | undefined;
+  description: WireDescription | undefined;
+
+  constructor(init: Init, kv: MemoryKv) {
+    this.#init = init;
+    this.#kv = kv;
+  }
+
+  /** (Re)creates the isolate: SDK runtime, then the plugin, then a bootstrap that registers it. */
+  start(): Promise<void> {
+    this.#ready = this.#create();
+    return this.#ready;
+  }
+
+  async #create(): Promise<void> {
+    const init = this.#init;
+    const isolate = new ivm.Isolate({
+      memoryLimit: Math.max(8, init.limits.memoryMb),
+      onCatastrophicError: (message: string) => {
+        // After a catastrophic error only process.abort() ends the process (isolated-vm#457).
+        send({ type: 'fatal', message });
+        process.abort();
+      },
+    });
+    this.#isolate = isolate;
+    const context = await isolate.createContext();
+    const jail = context.global;
+    const grant = new Set<Capability>(init.capabilities);
+    // Host services as References on hidden globals; the SDK runtime captures and deletes them.
+    if (grant.has('log')) {
+      await jail.set(
+        '__milterd_log',
+        new ivm.Reference((level: unknown, msg: unknown, fields: unknown) => this.#log(level, msg, fields)),
+      );
+    }
+    if (grant.has('kv')) {
+      await jail.set(
+        '__milterd_kv',
+        new ivm.Reference(async (op: unknown, key: unknown, value: unknown, ttl: unknown) => this.#kv.run(op, key, value, ttl)),
+      );
+    }
+    if (grant.has('dns')) {
+      await jail.set('__milterd_dns', new ivm.Reference(dnsLookup));
+    }
+    if (grant.has('clock')) {
+      await jail.set('__milterd_clock', new ivm.Reference(() => Date.now()));
+    }
+    await jail.set('__milterd_options', new ivm.ExternalCopy(init.options ?? {}).copyInto());
+    const sdk = await isolate.compileModule(init.sdkCode, { filename: 'milterd:sdk' });
+    const plugin = await isolate.compileModule(init.pluginCode, { filename: `plugin:${init.plugin}` });
+    const boot = await isolate.compileModule(
+      "import plugin from 'plugin';\nimport { __register } from '@milterd/sdk';\n__register(plugin);\n",
+      { filename: 'milterd:boot' },
+    );
+    const resolve = (spec: string): ivm.Module => {
+      if (spec === '@milterd/sdk') return sdk;
+      if (spec === 'plugin') return plugin;
+      throw new Error(`module ${JSON.stringify(spec)} is not available in the sandbox`);
+    };
+    await sdk.instantiate(context, resolve);
+    await plugin.instantiate(context, resolve);
+    await boot.instantiate(context, resolve);
+    await boot.evaluate({ timeout: Math.max(1000, init.limits.cpuMs * 10) });
+    this.#dispatch = await sdk.namespace.get('__dispatch', { reference: true });
+    const describe = await sdk.namespace.get('__describe', { reference: true });
+    this.description = (await describe.apply(undefined, [], { result: { copy: true }, timeout: 1000 })) as WireDescription;
+    describe.release();
+  }
+
+  #log(level: unknown, msg: unknown, fields: unknown): void {
+    const job = this.#current;
+    if (job === undefined || job.logs.length >= MAX_LOGS_PER_CALL) return;
+    const lvl = level === 'debug' || level === 'warn' || level === 'error' ? level : 'info';
+    const text = typeof msg === 'string' ? msg.slice(0, MAX_LOG_CHARS) : String(msg).slice(0, MAX_LOG_CHARS);
+    const record: PluginLog =
+      fields !== null && typeof fields === 'object' && !Array.isArray(fields)
+        ? { level: lvl, msg: text, fields: fields as Record<string, unknown> }
+        : { level: lvl, msg: text };
+    job.logs.push(record);
+  }
+
+  enqueue(job: Job): void {
+    this.#queue.push(job);
+    if (this.#current === undefined) void this.#next();
+  }
+
+  async #next(): Promise<void> {
+    const job = this.#queue.shift();
+    if (job === undefined) return;
+    this.#current = job;
+    try {
+      await this.#run(job);
+    } finally {
+      this.#current = undefined;
+      void this.#next();
+    }
+  }
+
+  async #run(job: Job): Promise<void> {
+    try {
+      await this.#ready;
+    } catch (err) {
+      this.#finish(job, undefined, failure('MILTERD_PLUGIN_LOAD', (err as Error).message));
+      this.start().catch(() => undefined);
+      return;
+    }
+    const { cpuMs, wallMs } = this.#init.limits;
+    const isolate = this.#isolate!;
+    let watchdogFired = false;
+    const watchdog = setTimeout(() => {
+      // Isolate timeouts do not cover code after an await: dispose, answer, rebuild.
+      watchdogFired = true;
+      this.#finish(job, undefined, failure('MILTERD_PLUGIN_WALL', `${job.call.phase} ran longer than ${wallMs} ms`));
+      this.#recycle(isolate);
+    }, wallMs);
+    try {
+      const result = (await this.#dispatch!.apply(undefined, [job.call], {
+        arguments: { copy: true },
+        result: { promise: true, copy: true },
+        timeout: cpuMs,
+      })) as WireResult;
+      this.#finish(job, result, undefined);
+    } catch (err) {
+      if (!watchdogFired) {
+        const f = classify(err, isolate);
+        this.#finish(job, undefined, f);
+        if (f.code === 'MILTERD_PLUGIN_CPU' || f.code === 'MILTERD_PLUGIN_MEMORY') this.#recycle(isolate);
+      }
+    } finally {
+      clearTimeout(watchdog);
+    }
+  }
+
+  #recycle(isolate: ivm.Isolate): void {
+    if (this.#isolate !== isolate) return;
+    this.#dispatch = undefined;
+    this.#isolate = undefined;
+    try {
+      if (!isolate.isDisposed) isolate.dispose();
+    } catch {
+      // already gone
+    }
+    this.start().catch(() => undefined);
+  }
+
+  #finish(job: Job, result: WireResult | undefined, error: SandboxFailure | undefined): void {
+    if (job.done) return;
+    job.done = true;
+    if (error !== undefined) send({ type: 'result', id: job.id, error, logs: job.logs });
+    else send({ type: 'result', id: job.id, result: result!, logs: job.logs });
+  }
+}
+
+/** Maps an error from the isolate to a catalogue code. */
+function classify(err: unknown, isolate: ivm.Isolate): SandboxFailure {
+  const message = err instanceof Error ? err.message : String(err);
+  if (/Script execution timed out/i.test(message)) return failure('MILTERD_PLUGIN_CPU', 'used more CPU time than its limit');
+  if (/memory limit/i.test(message) || (isolate.isDisposed && /disposed/i.test(message))) {
+    return failure('MILTERD_PLUGIN_MEMORY', 'went over its memory limit');
+  }
+  const prefixed = /^\[(MILTERD_[A-Z_]+)\]\s*(.*)$/s.exec(message);
+  if (prefixed) return failure(prefixed[1]!, prefixed[2]!);
+  const code = (err as { code?: unknown })?.code;
+  if (typeof code === 'string' && code.startsWith('MILTERD_')) return failure(code, message);
+  return failure('MILTERD_FILTER_THREW', message);
+}
+
+// ---------------------------------------------------------------------------------------
+
+let slots: Slot[] = [];
+const affinity = new Map<string, Slot>();
+let rr = 0;
+
+async function init(msg: Init): Promise<void> {
+  const kv = new MemoryKv();
+  slots = Array.from({ length: Math.max(1, msg.poolSize) }, () => new Slot(msg, kv));
+  try {
+    await Promise.all(slots.map((s) => s.start()));
+  } catch (err) {
+    send({ type: 'init-error', error: failure('MILTERD_PLUGIN_LOAD', err instanceof Error ? err.message : String(err)) });
+    return;
+  }
+  send({ type: 'ready', description: slots[0]!.description! });
+}
+
+function call(id: number, c: WireCall): void {
+  // Calls of one connection go to one isolate, so its per-connection state lives in one place.
+  let slot = affinity.get(c.conn);
+  if (slot === undefined) {
+    slot = slots[rr++ % slots.length]!;
+    affinity.set(c.conn, slot);
+  }
+  if (c.phase === 'close') affinity.delete(c.conn);
+  slot.enqueue({ id, call: c, logs: [], done: false });
+}
+
+process.on('message', (m: ToSandbox) => {
+  if (m.type === 'init') void init(m);
+  else if (m.type === 'call') call(m.id, m.call);
+});
+// The daemon went away: nothing left to serve.
+process.on('disconnect', () => process.exit(0));
