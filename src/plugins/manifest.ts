@@ -206,39 +206,44 @@ export async function readManifest(dir: string): Promise<PluginManifest> {
   }
 
   const lines: string[] = [];
-  if (!validatePackage(raw)) {
-    for (const e of collapse(validatePackage.errors ?? [])) lines.push(`${keyPath(e)}: ${explain(e)}`);
-    return fail(label, lines);
-  }
+  const valid = validatePackage(raw);
+  if (!valid) for (const e of collapse(validatePackage.errors ?? [])) lines.push(`${keyPath(e)}: ${explain(e)}`);
 
-  // Checks JSON Schema cannot express, reported the same way.
-  const pkg = raw;
-  const m = pkg.milterd;
-  if (semver.valid(pkg.version) === null) lines.push(`version: expected a semver version such as 1.0.0, got ${JSON.stringify(pkg.version)}`);
-  if (semver.validRange(m.sdk) === null) lines.push(`milterd.sdk: expected a semver range such as ^1.0.0, got ${JSON.stringify(m.sdk)}`);
-  const limits: PluginLimits = { ...DEFAULT_PLUGIN_LIMITS, ...m.limits };
-  // A call cannot use more CPU than wall time, nor one call more than the whole message.
-  if (limits.cpuMs > limits.wallMs) {
-    lines.push(`milterd.limits.cpuMs: expected at most wallMs (${limits.wallMs}), got ${limits.cpuMs}: raise wallMs too`);
+  // Checks JSON Schema cannot express, reported the same way. Each runs when its own fields
+  // have the right type, even if others are wrong, so one pass reports as much as it can.
+  const m: Record<string, unknown> = isPlainObject(raw.milterd) ? raw.milterd : {};
+  if (typeof raw.version === 'string' && raw.version !== '' && semver.valid(raw.version) === null) {
+    lines.push(`version: expected a semver version such as 1.0.0, got ${JSON.stringify(raw.version)}`);
   }
-  if (limits.wallMs > limits.messageMs) {
-    lines.push(`milterd.limits.wallMs: expected at most messageMs (${limits.messageMs}), got ${limits.wallMs}: raise messageMs too`);
+  if (typeof m.sdk === 'string' && m.sdk !== '' && semver.validRange(m.sdk) === null) {
+    lines.push(`milterd.sdk: expected a semver range such as ^1.0.0, got ${JSON.stringify(m.sdk)}`);
   }
-  if (m.optionsSchema !== undefined) lines.push(...checkOptionsSchema(m.optionsSchema));
-  const entry = await findEntry(root, pkg, lines);
-  if (lines.length > 0 || entry === undefined) return fail(label, lines);
+  if (valid) {
+    const limits: PluginLimits = { ...DEFAULT_PLUGIN_LIMITS, ...raw.milterd.limits };
+    // A call cannot use more CPU than wall time, nor one call more than the whole message.
+    if (limits.cpuMs > limits.wallMs) {
+      lines.push(`milterd.limits.cpuMs: expected at most wallMs (${limits.wallMs}), got ${limits.cpuMs}: raise wallMs too`);
+    }
+    if (limits.wallMs > limits.messageMs) {
+      lines.push(`milterd.limits.wallMs: expected at most messageMs (${limits.messageMs}), got ${limits.wallMs}: raise messageMs too`);
+    }
+  }
+  if (isPlainObject(m.optionsSchema)) lines.push(...checkOptionsSchema(m.optionsSchema));
+  const entry = await findEntry(root, { entry: m.entry, main: raw.main, exports: raw.exports }, lines);
+  if (!valid || lines.length > 0 || entry === undefined) return fail(label, lines);
 
+  const pkg = raw as PackageJson;
   const manifest: PluginManifest = {
     name: pkg.name,
     version: pkg.version,
-    sdk: m.sdk,
+    sdk: pkg.milterd.sdk,
     entry,
-    ...(m.hooks === undefined ? {} : { hooks: [...m.hooks] }),
-    actions: [...(m.actions ?? [])],
-    capabilities: [...(m.capabilities ?? [])],
-    limits,
-    macros: structuredClone(m.macros ?? {}),
-    ...(m.optionsSchema === undefined ? {} : { optionsSchema: structuredClone(m.optionsSchema) }),
+    ...(pkg.milterd.hooks === undefined ? {} : { hooks: [...pkg.milterd.hooks] }),
+    actions: [...(pkg.milterd.actions ?? [])],
+    capabilities: [...(pkg.milterd.capabilities ?? [])],
+    limits: { ...DEFAULT_PLUGIN_LIMITS, ...pkg.milterd.limits },
+    macros: structuredClone(pkg.milterd.macros ?? {}),
+    ...(pkg.milterd.optionsSchema === undefined ? {} : { optionsSchema: structuredClone(pkg.milterd.optionsSchema) }),
     dir: root,
   };
   return deepFreeze(manifest);
@@ -264,13 +269,20 @@ export function checkSdkCompatibility(m: PluginManifest, available: string): voi
  * that is named but missing is an error on the key that named it; the file must be inside the
  * package. Problems are pushed to `lines`.
  */
-async function findEntry(root: string, pkg: PackageJson, lines: string[]): Promise<string | undefined> {
+async function findEntry(
+  root: string,
+  fields: { entry: unknown; main: unknown; exports: unknown },
+  lines: string[],
+): Promise<string | undefined> {
+  // A field of the wrong type has its schema error already.
+  if (fields.entry !== undefined && typeof fields.entry !== 'string') return undefined;
+  if (fields.main !== undefined && typeof fields.main !== 'string') return undefined;
   const named: Array<[key: string, path: string]> = [];
-  if (pkg.milterd.entry !== undefined) named.push(['milterd.entry', pkg.milterd.entry]);
+  if (fields.entry !== undefined) named.push(['milterd.entry', fields.entry]);
   else {
-    const fromExports = exportsEntry(pkg.exports);
+    const fromExports = exportsEntry(fields.exports);
     if (fromExports !== undefined) named.push(['exports', fromExports]);
-    else if (pkg.main !== undefined) named.push(['main', pkg.main]);
+    else if (fields.main !== undefined) named.push(['main', fields.main]);
   }
   for (const [key, path] of named) {
     const abs = resolve(root, path);
@@ -330,6 +342,10 @@ function checkOptionsSchema(schema: object): string[] {
     return [`milterd.optionsSchema: not a usable JSON Schema: ${(err as Error).message}`];
   }
   return [];
+}
+
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  return v !== null && typeof v === 'object' && !Array.isArray(v);
 }
 
 async function isFile(path: string): Promise<boolean> {
