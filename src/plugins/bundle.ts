@@ -63,6 +63,11 @@ const importGuard: Plugin = {
           ],
         };
       }
+      if (args.path === SDK && args.kind !== 'import-statement') {
+        return {
+          errors: [{ text: `${args.kind} of "${SDK}": the sandbox links ${SDK} only to import statements`, detail: 'forbidden' }],
+        };
+      }
       const why = forbiddenReason(args.path);
       if (why === undefined) return undefined;
       return { errors: [{ text: `imports ${JSON.stringify(args.path)}, ${why}`, detail: 'forbidden' }] };
@@ -100,8 +105,10 @@ export async function bundlePlugin(m: PluginManifest): Promise<PluginBundle> {
       conditions: ['milterd', 'import', 'default'],
       external: [SDK],
       // Literal import() never gets here (the guard refuses it); a non-literal one becomes a
-      // recognisable shim (DYNAMIC_IMPORT_SHIM). import.meta becomes {} with a warning we refuse.
+      // recognisable shim (DYNAMIC_IMPORT_SHIM). import.meta would become {} with a warning
+      // (hidden inside node_modules): made an error, everywhere.
       supported: { 'dynamic-import': false, 'import-meta': false },
+      logOverride: { 'empty-import-meta': 'error' },
       // Many npm packages read process.env.NODE_ENV; an isolate has no `process`.
       define: { 'process.env.NODE_ENV': '"production"' },
       loader: { '.ts': 'ts', '.mts': 'ts', '.cts': 'ts', '.js': 'js', '.mjs': 'js', '.cjs': 'js', '.json': 'json' },
@@ -118,17 +125,11 @@ export async function bundlePlugin(m: PluginManifest): Promise<PluginBundle> {
     if (!Array.isArray(failure.errors)) throw err;
     const forbidden = failure.errors.filter((e) => e.pluginName === GUARD && e.detail === 'forbidden');
     if (forbidden.length > 0) fail('MILTERD_PLUGIN_FORBIDDEN_IMPORT', forbidden.map(format));
-    const lines = failure.errors.slice(0, MAX_ERRORS).map(format);
+    const lines = failure.errors.slice(0, MAX_ERRORS).map((e) =>
+      e.id === 'empty-import-meta' ? `${location(e)}: uses import.meta, which modules in the sandbox do not have` : format(e),
+    );
     if (failure.errors.length > MAX_ERRORS) lines.push(`(${failure.errors.length - MAX_ERRORS} more errors)`);
     return fail('MILTERD_PLUGIN_BUNDLE', lines);
-  }
-
-  const importMeta = result.warnings.filter((w) => w.id === 'empty-import-meta');
-  if (importMeta.length > 0) {
-    fail(
-      'MILTERD_PLUGIN_BUNDLE',
-      importMeta.map((w) => `${location(w)}: uses import.meta, which modules in the sandbox do not have`),
-    );
   }
 
   const outputs = result.outputFiles;
@@ -147,7 +148,9 @@ export async function bundlePlugin(m: PluginManifest): Promise<PluginBundle> {
   if (stray.length > 0) {
     fail(
       'MILTERD_PLUGIN_FORBIDDEN_IMPORT',
-      stray.map((i) => `${importerOf(result.metafile, i.path)}: ${i.kind} of ${JSON.stringify(i.path)} stays in the bundle; the sandbox provides only "${SDK}"`),
+      stray.map(
+        (i) => `${importerOf(result.metafile, i.path)}: ${i.kind} of ${JSON.stringify(i.path)} stays in the bundle; the sandbox provides only import statements of "${SDK}"`,
+      ),
     );
   }
 

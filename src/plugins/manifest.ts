@@ -178,31 +178,34 @@ const EXPORT_CONDITIONS = new Set(['milterd', 'import', 'default']);
 export async function readManifest(dir: string): Promise<PluginManifest> {
   const root = resolve(dir);
   const file = join(root, 'package.json');
-  const fail = (label: string, lines: string[]): never => {
+  /** `plugin` is the package name, or the folder name before the name is known. */
+  const fail = (plugin: string, lines: string[], named = true): never => {
+    const label = named ? `plugin "${plugin}"` : `plugin folder "${plugin}"`;
     const text = lines.map((l) => `${file} (${label}): ${l}`);
-    throw new MilterdError('MILTERD_PLUGIN_MANIFEST', text.join('\n'), { details: { plugin: label, file, errors: lines } });
+    throw new MilterdError('MILTERD_PLUGIN_MANIFEST', text.join('\n'), { details: { plugin, file, errors: lines } });
   };
-  const folderLabel = `plugin folder "${basename(root)}"`;
+  const folder = basename(root);
 
   let text: string;
   try {
     text = await readFile(file, 'utf8');
   } catch (err) {
-    return fail(folderLabel, [`cannot read: ${(err as Error).message}`]);
+    return fail(folder, [`cannot read: ${(err as Error).message}`], false);
   }
   let data: unknown;
   try {
     data = JSON.parse(text);
   } catch (err) {
-    return fail(folderLabel, [`not valid JSON: ${(err as Error).message}`]);
+    return fail(folder, [`not valid JSON: ${(err as Error).message}`], false);
   }
   if (data === null || typeof data !== 'object' || Array.isArray(data)) {
-    return fail(folderLabel, ['(top level): expected an object']);
+    return fail(folder, ['(top level): expected an object'], false);
   }
   const raw = data as Record<string, unknown>;
-  const label = typeof raw.name === 'string' && raw.name !== '' ? `plugin "${raw.name}"` : folderLabel;
+  const named = typeof raw.name === 'string' && raw.name !== '';
+  const label = named ? (raw.name as string) : folder;
   if (!('milterd' in raw)) {
-    return fail(label, ['milterd: missing: this package is not a milterd plugin (add "milterd": { "sdk": "<range>" })']);
+    return fail(label, ['milterd: missing: this package is not a milterd plugin (add "milterd": { "sdk": "<range>" })'], named);
   }
 
   const lines: string[] = [];
@@ -230,7 +233,7 @@ export async function readManifest(dir: string): Promise<PluginManifest> {
   }
   if (isPlainObject(m.optionsSchema)) lines.push(...checkOptionsSchema(m.optionsSchema));
   const entry = await findEntry(root, { entry: m.entry, main: raw.main, exports: raw.exports }, lines);
-  if (!valid || lines.length > 0 || entry === undefined) return fail(label, lines);
+  if (!valid || lines.length > 0 || entry === undefined) return fail(label, lines, named);
 
   const pkg = raw as PackageJson;
   const manifest: PluginManifest = {
