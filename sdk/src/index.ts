@@ -170,7 +170,7 @@ export interface Logger {
 
 /** Options of a key/value write. */
 export interface KvSetOptions {
-  /** Expire the key this many ms after this write. Without it, the key lives until deleted or evicted. */
+  /** Expire the key this many ms (an integer) after this write. Without it, the key lives until deleted or evicted. */
   readonly ttlMs?: number;
 }
 
@@ -178,7 +178,7 @@ export interface KvSetOptions {
 export interface KvIncrOptions {
   /** Amount to add (an integer, may be negative). Default 1. */
   readonly by?: number;
-  /** When this increment creates the key, expire it this many ms later (a counting window). */
+  /** Set the key's expiry to this many ms from now (an integer), as `set` does; without it the expiry is kept. */
   readonly ttlMs?: number;
 }
 
@@ -199,7 +199,7 @@ export interface KeyValueStore {
 
 /** Options of a DNS lookup. */
 export interface DnsOptions {
-  /** Give up after this many ms (the lookup rejects with code `ETIMEOUT`). Default: milterd's. */
+  /** Give up after this many ms (an integer; the lookup rejects). Default: milterd's; keep it below the plugin's wallMs. */
   readonly timeoutMs?: number;
 }
 
@@ -213,8 +213,8 @@ export interface MxRecord {
 
 /**
  * DNS lookups through milterd's resolver (capability `dns`). A name that does not exist or has
- * no record of the type gives `[]`; other failures reject with an Error whose `code` is the
- * resolver's (`ETIMEOUT`, `ESERVFAIL`, `ECONNREFUSED`...).
+ * no record of the type gives `[]`; other failures reject with an Error with a `code`, whose
+ * message names the resolver's error (`ETIMEOUT`, `ESERVFAIL`, `ECONNREFUSED`...).
  */
 export interface Resolver {
   /** IPv4 addresses of `name`. */
@@ -364,7 +364,5 @@ export function definePlugin<C extends object = PluginState, M extends object = 
 export const __register: (def: unknown) => void = defaultRuntime.register;
 /** @internal Host: what the registered plugin offers. */
 export const __describe: typeof defaultRuntime.describe = defaultRuntime.describe;
-/** @internal Host: one call into the plugin; rejects when the plugin fails. */
+/** @internal Host: one call into the plugin; rejects when it fails, `MILTERD_*` codes as a `[CODE] ` message prefix. */
 export const __dispatch: typeof defaultRuntime.dispatch = defaultRuntime.dispatch;
-/** @internal Host: one call into the plugin, failures as data (codes survive the isolate boundary). */
-export const __dispatchSettled: typeof defaultRuntime.dispatchSettled = defaultRuntime.dispatchSettled;

@@ -163,7 +163,14 @@ const ASYNC_CALL: HostApplyOptions = Object.freeze({
   result: Object.freeze({ promise: true, copy: true }),
 });
 
-/** A host error rebuilt as a plain Error: only its message and a string code survive. */
+/** `[CODE] message`: how a code travels in an error message across the isolate boundary. */
+const CODE_PREFIX = /^\[([A-Z][A-Z0-9_]*)\] ?([\s\S]*)$/;
+
+/**
+ * A host error rebuilt as a plain Error: only its message and a string code survive. The code
+ * comes from `code`, or from a `[CODE] ` prefix of the message (a rejection's `code` does not
+ * cross the boundary, so the host puts it there).
+ */
 function hostError(what: string, err: unknown): Error {
   let message = 'failed';
   let code: unknown;
@@ -175,6 +182,11 @@ function hostError(what: string, err: unknown): Error {
     } else if (typeof err === 'string') message = err;
   } catch {
     // keep the defaults
+  }
+  const prefixed = CODE_PREFIX.exec(message);
+  if (prefixed !== null) {
+    code ??= prefixed[1];
+    message = prefixed[2]!;
   }
   const e = new Error(`${what}: ${message}`);
   return typeof code === 'string' ? Object.assign(e, { code }) : e;
@@ -210,7 +222,7 @@ function checkKey(what: string, key: unknown): string {
 
 function checkMs(what: string, field: string, ms: unknown): number | undefined {
   if (ms === undefined) return undefined;
-  if (typeof ms !== 'number' || !Number.isFinite(ms) || ms <= 0) badArgument(`${what}: ${field} must be a positive number of ms`);
+  if (typeof ms !== 'number' || !Number.isSafeInteger(ms) || ms <= 0) badArgument(`${what}: ${field} must be a positive integer (ms)`);
   return ms;
 }
 
@@ -641,17 +653,6 @@ function hooksOf(def: AnyPlugin): HookName[] {
 
 // --- dispatch -------------------------------------------------------------------------------
 
-/** A failure as data: name, message and code cross the isolate boundary as strings. */
-export interface WireError {
-  name: string;
-  message: string;
-  code?: string;
-  stack?: string;
-}
-
-/** The result of a call, or why it failed (dispatchSettled never rejects). */
-export type WireSettled = { ok: true; result: WireResult } | { ok: false; error: WireError };
-
 /** State the runtime keeps for one connection. */
 interface ConnectionState {
   conn: object | undefined;
@@ -665,10 +666,12 @@ export interface Runtime {
   register(def: unknown): void;
   /** What the registered plugin offers. */
   describe(): WireDescription;
-  /** One call into the plugin; rejects with the plugin's error, or a runtime error with a `code`. */
+  /**
+   * One call into the plugin. Rejects with the plugin's error; an error with a `MILTERD_*`
+   * code (the runtime's own, or a host service's the plugin did not catch) is rethrown with
+   * the message `[CODE] message`, since only messages cross the isolate boundary.
+   */
   dispatch(call: WireCall): Promise<WireResult>;
-  /** dispatch, with failures returned as data so their codes survive the isolate boundary. */
-  dispatchSettled(call: WireCall): Promise<WireSettled>;
 }
 
 function connectionInfo(c: WireConnection): ConnectionInfo {
@@ -686,22 +689,17 @@ function newState(factory: (() => object) | undefined, which: 'conn' | 'msg'): o
   return s;
 }
 
-function errorData(err: unknown): WireError {
-  const out: WireError = { name: 'Error', message: 'unprintable error' };
+/** An error for the host: a `MILTERD_*` code moved into the message, where it survives the boundary. */
+function forHost(err: unknown): unknown {
   try {
-    if (typeof err === 'object' && err !== null) {
-      const { name, message, code, stack } = err as Record<string, unknown>;
-      if (typeof name === 'string') out.name = name;
-      if (typeof message === 'string') out.message = message;
-      if (typeof code === 'string') out.code = code;
-      if (typeof stack === 'string') out.stack = stack;
-    } else {
-      out.message = `non-Error thrown: ${String(err)}`;
-    }
+    if (typeof err !== 'object' || err === null) return err;
+    const { code, message } = err as { code?: unknown; message?: unknown };
+    if (typeof code !== 'string' || !code.startsWith('MILTERD_')) return err;
+    const text = typeof message === 'string' ? message : '';
+    return Object.assign(new Error(text.startsWith(`[${code}]`) ? text : `[${code}] ${text}`), { code });
   } catch {
-    // keep what we have
+    return err;
   }
-  return out;
 }
 
 /** Builds a runtime over the given host services. Tests pass fakes; the isolate uses the captured globals. */
@@ -788,7 +786,7 @@ export function createRuntime(host: HostServices): Runtime {
     }
   }
 
-  async function dispatch(call: WireCall): Promise<WireResult> {
+  async function run(call: WireCall): Promise<WireResult> {
     const def = registered();
     let cs = connections.get(call.conn);
     if (cs === undefined) {
@@ -842,12 +840,11 @@ export function createRuntime(host: HostServices): Runtime {
     describe() {
       return { protocol: RUNTIME_PROTOCOL, sdkVersion: RUNTIME_SDK_VERSION, hooks: hooksOf(registered()) };
     },
-    dispatch,
-    async dispatchSettled(call) {
+    async dispatch(call) {
       try {
-        return { ok: true, result: await dispatch(call) };
+        return await run(call);
       } catch (err) {
-        return { ok: false, error: errorData(err) };
+        throw forHost(err);
       }
     },
   };

@@ -18,7 +18,6 @@ test('the module exports the public API and the host entry points, nothing else'
     'SDK_VERSION',
     '__describe',
     '__dispatch',
-    '__dispatchSettled',
     '__register',
     'definePlugin',
     'verdict',

@@ -400,6 +400,7 @@ test('host services: arguments on the wire, results normalised, failures as plai
     kv: fakeRef((op, key, value) => {
       if (key === 'down') return { error: { code: 'MILTERD_PLUGIN_KV', message: 'store unreachable' } };
       if (key === 'reject') throw Object.assign(new Error('raw rejection'), { code: 'EREJ' });
+      if (key === 'prefixed') throw new Error('[MILTERD_PLUGIN_BAD_ARGUMENT] kv is full');
       if (op === 'get') return store.get(key as string) ?? null;
       if (op === 'set') return void store.set(key as string, value as string);
       if (op === 'incr') {
@@ -431,9 +432,11 @@ test('host services: arguments on the wire, results normalised, failures as plai
         await rejectsWith(ctx.kv.get(''), 'MILTERD_PLUGIN_BAD_ARGUMENT', /key must be a non-empty string/);
         await rejectsWith(ctx.kv.set('k', 1 as never), 'MILTERD_PLUGIN_BAD_ARGUMENT', /value must be a string/);
         await rejectsWith(ctx.kv.set('k', 'v', { ttlMs: -1 }), 'MILTERD_PLUGIN_BAD_ARGUMENT', /ttlMs/);
+        await rejectsWith(ctx.kv.set('k', 'v', { ttlMs: 1.5 }), 'MILTERD_PLUGIN_BAD_ARGUMENT', /positive integer/);
         await rejectsWith(ctx.kv.incr('k', { by: 1.5 }), 'MILTERD_PLUGIN_BAD_ARGUMENT', /integer/);
         await rejectsWith(ctx.kv.get('down'), 'MILTERD_PLUGIN_KV', /^kv\.get: store unreachable$/);
         await rejectsWith(ctx.kv.get('reject'), 'EREJ', /^kv\.get: raw rejection$/);
+        await rejectsWith(ctx.kv.get('prefixed'), 'MILTERD_PLUGIN_BAD_ARGUMENT', /^kv\.get: kv is full$/);
         assert.deepEqual(await ctx.dns.a('example.org', { timeoutMs: 500 }), ['192.0.2.1']);
         assert.deepEqual(await ctx.dns.txt('example.org'), ['v=spf1 -all', 'x']);
         assert.deepEqual(await ctx.dns.mx('example.org'), [{ exchange: 'mx.example.org', priority: 10 }]);
@@ -458,24 +461,29 @@ test('host services: arguments on the wire, results normalised, failures as plai
   assert.deepEqual(host.dns.calls[0], ['a', 'example.org', 500]);
 });
 
-test('dispatchSettled returns failures as data with their codes', async () => {
-  const rt = runtime({
-    envrcpt(_ctx, r) {
-      if (r.address === 'throw') throw Object.assign(new RangeError('boom'), { code: 'MY_CODE' });
-      if (r.address === 'string') throw 'just a string';
-      return { type: 'bogus' } as never;
+test('dispatch moves MILTERD_* codes into the message, where they survive the isolate boundary', async () => {
+  const rt = runtime(
+    {
+      async envrcpt(ctx, r) {
+        if (r.address === 'mine') throw Object.assign(new RangeError('boom'), { code: 'MY_CODE' });
+        if (r.address === 'kv') await ctx.kv.get('x'); // not granted
+        if (r.address === 'host') await ctx.dns.a('bad name');
+        return { type: 'bogus' } as never;
+      },
     },
+    { dns: fakeRef(() => ({ error: { message: '[MILTERD_PLUGIN_BAD_ARGUMENT] invalid DNS name "bad name"' } })) },
+  );
+  await assert.rejects(rt.dispatch(rcpt('mine')), (e: Error & { code?: string }) => e instanceof RangeError && e.message === 'boom' && e.code === 'MY_CODE');
+  await assert.rejects(rt.dispatch(rcpt('x')), {
+    code: 'MILTERD_FILTER_BAD_VERDICT',
+    message: /^\[MILTERD_FILTER_BAD_VERDICT\] the envrcpt hook returned \{ type: "bogus" \}/,
   });
-  const a = await rt.dispatchSettled(rcpt('throw'));
-  assert.ok(!a.ok);
-  assert.equal(a.error.name, 'RangeError');
-  assert.equal(a.error.code, 'MY_CODE');
-  assert.equal(a.error.message, 'boom');
-  const b = await rt.dispatchSettled(rcpt('x'));
-  assert.ok(!b.ok && b.error.code === 'MILTERD_FILTER_BAD_VERDICT');
-  const c = await rt.dispatchSettled(rcpt('string'));
-  assert.ok(!c.ok && c.error.message === 'non-Error thrown: just a string' && c.error.code === undefined);
-  assert.deepEqual(await runtime({ data() {} }).dispatchSettled(call('data')), { ok: true, result: { verdict: { type: 'continue' } } });
+  await assert.rejects(rt.dispatch(rcpt('kv')), { message: /^\[MILTERD_PLUGIN_CAPABILITY\] capability "kv"/ });
+  // A host error's "[CODE] " prefix becomes the code inside the isolate, and the prefix again outside.
+  await assert.rejects(rt.dispatch(rcpt('host')), {
+    code: 'MILTERD_PLUGIN_BAD_ARGUMENT',
+    message: '[MILTERD_PLUGIN_BAD_ARGUMENT] dns.a(bad name): invalid DNS name "bad name"',
+  });
 });
 
 test('captureHostGlobals takes the References off the global object', () => {
