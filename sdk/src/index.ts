@@ -252,6 +252,8 @@ export interface PluginContext<C extends object = PluginState, M extends object 
   readonly conn: C;
   /** State of the current message: a fresh `state.msg()` (or `{}`) per message and after an abort. */
   readonly msg: M;
+  /** The plugin's options from the administrator's configuration (frozen plain data; `{}` if none). */
+  readonly options: Readonly<Record<string, unknown>>;
   /** Logging (capability `log`). */
   readonly log: Logger;
   /** Key/value store (capability `kv`). */

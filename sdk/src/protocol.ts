@@ -149,6 +149,8 @@ export interface HostGlobals {
   __milterd_dns?: unknown;
   /** () → number (ms since epoch) */
   __milterd_clock?: unknown;
+  /** The plugin's options from the configuration: plain data, copied in (always set). */
+  __milterd_options?: unknown;
 }
 
 /** Error codes the runtime puts in thrown errors' `code` (the host maps them). */

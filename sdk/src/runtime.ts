@@ -702,8 +702,30 @@ function forHost(err: unknown): unknown {
   }
 }
 
+/**
+ * Reads the plugin's options (plain data the host copied in) and deletes the global, so they
+ * reach the plugin only as a frozen `ctx.options`.
+ */
+export function captureOptions(global: object = globalThis): Readonly<Record<string, unknown>> {
+  const name = '__milterd_options';
+  const raw: unknown = (global as Record<string, unknown>)[name];
+  if (!Reflect.deleteProperty(global, name) || name in global) {
+    fail('MILTERD_PLUGIN_LOAD', `the SDK could not hide the host global ${name}; refusing to run plugin code`);
+  }
+  const freeze = (v: unknown): unknown => {
+    if (v !== null && typeof v === 'object') {
+      for (const x of Object.values(v)) freeze(x);
+      Object.freeze(v);
+    }
+    return v;
+  };
+  return (raw !== null && typeof raw === 'object' && !Array.isArray(raw) ? freeze(raw) : Object.freeze({})) as Readonly<
+    Record<string, unknown>
+  >;
+}
+
 /** Builds a runtime over the given host services. Tests pass fakes; the isolate uses the captured globals. */
-export function createRuntime(host: HostServices): Runtime {
+export function createRuntime(host: HostServices, options: Readonly<Record<string, unknown>> = Object.freeze({})): Runtime {
   const services = makeServices(host);
   const connections = new Map<string, ConnectionState>();
   let plugin: AnyPlugin | undefined;
@@ -729,6 +751,7 @@ export function createRuntime(host: HostServices): Runtime {
       get msg() {
         return (cs.msg ??= newState(def.state?.msg, 'msg'));
       },
+      options,
       log: services.log,
       kv: services.kv,
       dns: services.dns,
@@ -851,4 +874,4 @@ export function createRuntime(host: HostServices): Runtime {
 }
 
 /** The runtime of this isolate, over the host globals captured (and deleted) right now. */
-export const defaultRuntime: Runtime = createRuntime(captureHostGlobals());
+export const defaultRuntime: Runtime = createRuntime(captureHostGlobals(), captureOptions());

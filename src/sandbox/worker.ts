@@ -179,14 +179,34 @@ class Slot {
         new ivm.Reference((level: unknown, msg: unknown, fields: unknown) => this.#log(level, msg, fields)),
       );
     }
+    // Async services resolve to `{ error }` instead of rejecting: a rejection's code does not
+    // cross the isolate boundary, and an early one surfaces as an unhandled rejection here
+    // (isolated-vm #314, #417), which would let a plugin crash its own sandbox.
+    const settle = async (fn: () => unknown): Promise<unknown> => {
+      try {
+        return await fn();
+      } catch (err) {
+        const m = err instanceof Error ? err.message : String(err);
+        const pre = /^\[(MILTERD_[A-Z_]+)\]\s*(.*)$/s.exec(m);
+        return { error: pre ? { code: pre[1], message: pre[2] } : { message: m } };
+      }
+    };
     if (grant.has('kv')) {
       await jail.set(
         '__milterd_kv',
-        new ivm.Reference(async (op: unknown, key: unknown, value: unknown, ttl: unknown) => this.#kv.run(op, key, value, ttl)),
+        new ivm.Reference((op: unknown, key: unknown, value: unknown, ttl: unknown) => settle(() => this.#kv.run(op, key, value, ttl))),
       );
     }
     if (grant.has('dns')) {
-      await jail.set('__milterd_dns', new ivm.Reference(dnsLookup));
+      // Default lookup timeout: half the call's wall-clock limit, so a slow resolver fails the
+      // lookup (the plugin can handle that) rather than the whole call.
+      const dnsDefault = Math.max(100, Math.min(2000, Math.floor(init.limits.wallMs / 2)));
+      await jail.set(
+        '__milterd_dns',
+        new ivm.Reference((type: unknown, name: unknown, timeoutMs: unknown) =>
+          settle(() => dnsLookup(type, name, timeoutMs === undefined || timeoutMs === null ? dnsDefault : timeoutMs)),
+        ),
+      );
     }
     if (grant.has('clock')) {
       await jail.set('__milterd_clock', new ivm.Reference(() => Date.now()));
@@ -204,6 +224,9 @@ class Slot {
       throw new Error(`module ${JSON.stringify(spec)} is not available in the sandbox`);
     };
     await sdk.instantiate(context, resolve);
+    // The SDK runs first: it captures the host References and deletes them from the global
+    // object before any plugin code exists in this context.
+    await sdk.evaluate({ timeout: 1000 });
     await plugin.instantiate(context, resolve);
     await boot.instantiate(context, resolve);
     await boot.evaluate({ timeout: Math.max(1000, init.limits.cpuMs * 10) });

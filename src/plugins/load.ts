@@ -1,0 +1,176 @@
+/**
+ * From a chain entry in the configuration to a running sandboxed plugin: resolve the package,
+ * read and check its manifest (SDK range with semver), bundle it, start its sandbox process,
+ * and wrap it as a chain Filter. Every failure names the plugin and says what to fix.
+ * @module
+ */
+import { readFile } from 'node:fs/promises';
+import { fileURLToPath } from 'node:url';
+import { MilterdError } from '../errors.ts';
+import type { Logger } from '../log.ts';
+import type { ChainEntry, FailurePolicy } from '../chain/filter.ts';
+import type { Capability } from '../../sdk/src/protocol.ts';
+import { RUNTIME_PROTOCOL } from '../../sdk/src/protocol.ts';
+import { Supervisor } from '../sandbox/supervisor.ts';
+import { sandboxFilter } from '../sandbox/filter.ts';
+import { readManifest, checkSdkCompatibility, type PluginManifest, type PluginLimits } from './manifest.ts';
+import { resolvePlugin } from './resolve.ts';
+import { bundlePlugin } from './bundle.ts';
+
+/** A chain entry as the configuration gives it. */
+export interface PluginEntryConfig {
+  /** npm package name, or a folder path (relative to the configuration file). */
+  readonly plugin: string;
+  readonly enabled?: boolean;
+  readonly onError?: FailurePolicy;
+  /** Host services granted to the plugin. */
+  readonly capabilities?: readonly Capability[];
+  /** Overrides of the manifest's limits. */
+  readonly limits?: Partial<PluginLimits>;
+  /** Options passed to the plugin (ctx.options). */
+  readonly options?: unknown;
+  /** Isolates in the plugin's sandbox process (parallel connections). */
+  readonly poolSize?: number;
+}
+
+/** The SDK runtime that plugins' `@milterd/sdk` imports resolve to inside their isolates. */
+export interface SdkRuntime {
+  readonly version: string;
+  readonly code: string;
+}
+
+const SDK_DIR = new URL('../../sdk/', import.meta.url);
+
+/** Reads the built SDK runtime (one ESM file) and its version. */
+export async function loadSdkRuntime(): Promise<SdkRuntime> {
+  const pkg = JSON.parse(await readFile(new URL('package.json', SDK_DIR), 'utf8')) as { version: string };
+  const file = new URL('dist/index.js', SDK_DIR);
+  let code: string;
+  try {
+    code = await readFile(file, 'utf8');
+  } catch {
+    throw new MilterdError(
+      'MILTERD_PLUGIN_LOAD',
+      `the SDK runtime ${fileURLToPath(file)} is missing: build it with "npm run build -w @milterd/sdk" (npm install does it)`,
+    );
+  }
+  return { version: pkg.version, code };
+}
+
+/** A plugin running in its sandbox, ready to be put in a chain. */
+export interface LoadedPlugin {
+  readonly manifest: PluginManifest;
+  readonly supervisor: Supervisor;
+  readonly entry: ChainEntry;
+  /** Source files that went into the bundle (for watching). */
+  readonly files: readonly string[];
+  /** Capabilities the plugin asked for and got. */
+  readonly granted: readonly Capability[];
+}
+
+/** Where plugins come from. */
+export interface LoadContext {
+  /** Folder relative plugin paths are resolved from (the configuration file's folder). */
+  readonly baseDir: string;
+  /** Folder where `milterd plugin add` installs packages (node_modules inside). */
+  readonly pluginDir?: string;
+  readonly sdk: SdkRuntime;
+  readonly logger: Logger;
+  /** Default failure policy (configuration `filters.onError`). */
+  readonly onError: FailurePolicy;
+}
+
+/** Loads one plugin. Stops its sandbox again if anything after starting it fails. */
+export async function loadPlugin(cfg: PluginEntryConfig, ctx: LoadContext): Promise<LoadedPlugin> {
+  const dir = await resolvePlugin(cfg.plugin, { baseDir: ctx.baseDir, ...(ctx.pluginDir === undefined ? {} : { pluginDir: ctx.pluginDir }) });
+  const manifest = await readManifest(dir);
+  checkSdkCompatibility(manifest, ctx.sdk.version);
+  const bundle = await bundlePlugin(manifest);
+  for (const w of bundle.warnings) ctx.logger.warn({ plugin: manifest.name }, `bundling: ${w}`);
+
+  const granted = new Set(cfg.capabilities ?? []);
+  const asked = manifest.capabilities;
+  const missing = asked.filter((c) => !granted.has(c));
+  if (missing.length > 0) {
+    ctx.logger.warn(
+      { plugin: manifest.name, code: 'MILTERD_PLUGIN_CAPABILITY', missing },
+      `plugin ${manifest.name} asks for ${missing.join(', ')}, not granted: calls to them will fail`,
+    );
+  }
+  const capabilities = asked.filter((c) => granted.has(c));
+  const limits: PluginLimits = { ...manifest.limits, ...cfg.limits };
+  const poolSize = cfg.poolSize ?? 2;
+  const supervisor = new Supervisor({
+    plugin: manifest.name,
+    sdkCode: ctx.sdk.code,
+    pluginCode: bundle.code,
+    capabilities,
+    limits: { memoryMb: limits.memoryMb, cpuMs: limits.cpuMs, wallMs: limits.wallMs },
+    poolSize,
+    options: cfg.options ?? {},
+    // Node itself (~60 MB) plus, per isolate, up to 3× its heap limit (the limit is soft).
+    processMemoryMb: 160 + poolSize * limits.memoryMb * 3,
+    logger: ctx.logger,
+  });
+  const description = await supervisor.start();
+  try {
+    if (description.protocol !== RUNTIME_PROTOCOL) {
+      throw new MilterdError(
+        'MILTERD_PLUGIN_SDK_INCOMPATIBLE',
+        `plugin ${manifest.name}: SDK runtime speaks protocol ${description.protocol}, the host ${RUNTIME_PROTOCOL}`,
+      );
+    }
+    if (manifest.hooks !== undefined) {
+      const undeclared = description.hooks.filter((h) => !manifest.hooks!.includes(h));
+      if (undeclared.length > 0) {
+        throw new MilterdError(
+          'MILTERD_PLUGIN_MANIFEST',
+          `plugin ${manifest.name} defines hooks its manifest does not list: ${undeclared.join(', ')}`,
+        );
+      }
+    }
+    if (description.hooks.length === 0) {
+      throw new MilterdError('MILTERD_PLUGIN_LOAD', `plugin ${manifest.name} defines no hook`);
+    }
+  } catch (err) {
+    await supervisor.stop();
+    throw err;
+  }
+  const filter = sandboxFilter(
+    {
+      name: manifest.name,
+      hooks: description.hooks,
+      actions: manifest.actions,
+      macros: manifest.macros,
+      callTimeoutMs: limits.wallMs + 1000,
+    },
+    supervisor,
+  );
+  const entry: ChainEntry = {
+    filter,
+    onError: cfg.onError ?? ctx.onError,
+    // The sandbox enforces wallMs itself; the chain's timer is the last line behind it.
+    timeoutMs: limits.wallMs + 2000,
+    messageBudgetMs: limits.messageMs,
+  };
+  ctx.logger.info(
+    { plugin: manifest.name, version: manifest.version, hooks: description.hooks, actions: manifest.actions, capabilities },
+    `plugin ${manifest.name}@${manifest.version} loaded`,
+  );
+  return { manifest, supervisor, entry, files: bundle.files, granted: capabilities };
+}
+
+/** Loads every enabled entry in order; on a failure, stops those already started and rethrows. */
+export async function loadChain(entries: readonly PluginEntryConfig[], ctx: LoadContext): Promise<LoadedPlugin[]> {
+  const loaded: LoadedPlugin[] = [];
+  try {
+    for (const e of entries) {
+      if (e.enabled === false) continue;
+      loaded.push(await loadPlugin(e, ctx));
+    }
+  } catch (err) {
+    await Promise.all(loaded.map((p) => p.supervisor.stop()));
+    throw err;
+  }
+  return loaded;
+}
