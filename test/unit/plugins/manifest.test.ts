@@ -46,7 +46,7 @@ describe('readManifest: valid plugins', () => {
     assert.deepEqual(m, {
       name: 'ok-ts',
       version: '1.0.0',
-      sdk: '^0.1.0',
+      sdk: '^1.0.0',
       entry: join(dir, 'src/index.ts'),
       hooks: ['eom'],
       actions: ['addHeader'],
