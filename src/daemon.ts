@@ -8,6 +8,8 @@ import type { Config } from './config/schema.ts';
 import { createLogger, type Logger } from './log.ts';
 import { MilterServer } from './server/server.ts';
 import type { ChainEntry } from './chain/filter.ts';
+import { resolve } from 'node:path';
+import { loadChain, loadSdkRuntime } from './plugins/load.ts';
 
 /** A running daemon. */
 export interface Daemon {
@@ -35,16 +37,39 @@ export function serverOptions(config: Config, chain: readonly ChainEntry[], logg
   };
 }
 
-/** Starts the daemon and installs signal handlers. */
-export async function startDaemon(config: Config, options: { signals?: boolean } = {}): Promise<Daemon> {
+/** Where the configuration came from: relative plugin paths start there. */
+export interface DaemonOptions {
+  readonly baseDir: string;
+  readonly signals?: boolean;
+}
+
+/** Starts the daemon: loads the plugins of the chain, listens, installs signal handlers. */
+export async function startDaemon(config: Config, options: DaemonOptions): Promise<Daemon> {
   const logger = createLogger(config.log);
-  const server = new MilterServer(serverOptions(config, [], logger));
-  await server.start();
+  const sdk = await loadSdkRuntime();
+  const plugins = await loadChain(config.chain, {
+    baseDir: options.baseDir,
+    ...(config.pluginDir === undefined ? {} : { pluginDir: resolve(options.baseDir, config.pluginDir) }),
+    sdk,
+    logger,
+    onError: config.filters.onError,
+  });
+  const server = new MilterServer(serverOptions(config, plugins.map((p) => p.entry), logger));
+  try {
+    await server.start();
+  } catch (err) {
+    await Promise.all(plugins.map((p) => p.supervisor.stop()));
+    throw err;
+  }
   let resolveStopped!: () => void;
   const stopped = new Promise<void>((r) => (resolveStopped = r));
   let stopping: Promise<void> | undefined;
   const stop = (deadlineMs = config.timeouts.shutdownMs): Promise<void> => {
-    stopping ??= server.stop({ deadlineMs }).then(resolveStopped);
+    // Plugins stop after the last connection: messages in progress still need them.
+    stopping ??= server
+      .stop({ deadlineMs })
+      .then(() => Promise.all(plugins.map((p) => p.supervisor.stop())))
+      .then(resolveStopped);
     return stopping;
   };
   if (options.signals !== false) {

@@ -5,9 +5,14 @@
 import { Command, Option } from 'commander';
 import { readFileSync } from 'node:fs';
 import { MilterdError } from '../errors.ts';
-import { defaultConfig, fromObject, loadConfig } from '../config/load.ts';
+import { fromObject, loadConfig } from '../config/load.ts';
+import { dirname, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import type { Config } from '../config/schema.ts';
 import { startDaemon } from '../daemon.ts';
+
+/** The configuration used without --config: defaults plus the example plugins. */
+export const DEFAULT_CONFIG_FILE = fileURLToPath(new URL('../../config/default.yaml', import.meta.url));
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
 
@@ -24,7 +29,7 @@ export function buildCli(): Command {
   program
     .command('start')
     .description('Run the daemon in the foreground until SIGTERM/SIGINT (a second signal closes open connections at once).')
-    .option('-c, --config <file>', 'YAML (or JSON) configuration file; without it the built-in defaults are used')
+    .option('-c, --config <file>', 'YAML (or JSON) configuration file; without it config/default.yaml (the example plugins) is used')
     .option(
       '-l, --listen <spec...>',
       'listen address(es) in libmilter syntax, overriding the configuration: unix:/path, inet:port@host, inet6:port@host',
@@ -35,14 +40,15 @@ export function buildCli(): Command {
       '\nExamples:\n  milterd start\n  milterd start --config /etc/milterd/milterd.yaml\n  milterd start --listen unix:/run/milterd/milterd.sock inet:8890@127.0.0.1',
     )
     .action(async (opts: { config?: string; listen?: string[]; logLevel?: string }) => {
-      let config: Config = opts.config === undefined ? defaultConfig() : await loadConfig(opts.config);
+      const file = opts.config ?? DEFAULT_CONFIG_FILE;
+      let config: Config = await loadConfig(file);
       if (opts.listen !== undefined || opts.logLevel !== undefined) {
         const raw = structuredClone(config) as Record<string, unknown> & { log: Record<string, unknown> };
         if (opts.listen !== undefined) raw.listen = opts.listen;
         if (opts.logLevel !== undefined) raw.log.level = opts.logLevel;
-        config = fromObject(raw, opts.config ?? 'command line');
+        config = fromObject(raw, file);
       }
-      const daemon = await startDaemon(config);
+      const daemon = await startDaemon(config, { baseDir: dirname(resolve(file)) });
       await daemon.stopped;
     });
   return program;

@@ -78,6 +78,53 @@ export const ConfigSchema = Type.Object(
       },
       { additionalProperties: false, default: {} },
     ),
+    pluginDir: Type.Optional(
+      Type.String({ minLength: 1, description: 'Folder whose node_modules holds installed plugin packages (relative to this file).' }),
+    ),
+    chain: Type.Array(
+      Type.Object(
+        {
+          plugin: Type.String({
+            minLength: 1,
+            description: 'npm package name (looked up in pluginDir, then from this file), or a folder path starting with ./, ../ or /.',
+          }),
+          enabled: Type.Boolean({ default: true, description: 'false keeps the entry in the file but out of the chain.' }),
+          onError: Type.Optional(StringEnum(POLICIES, { description: 'Failure policy of this plugin; default filters.onError.' })),
+          capabilities: Type.Array(StringEnum(['log', 'kv', 'dns', 'clock']), {
+            uniqueItems: true,
+            default: [],
+            description: 'Host services granted to the plugin (it gets those it also asks for in its manifest).',
+          }),
+          limits: Type.Optional(
+            Type.Object(
+              {
+                memoryMb: Type.Optional(Type.Integer({ minimum: 8, maximum: 4096, description: 'Isolate heap limit, MB.' })),
+                cpuMs: Type.Optional(Type.Integer({ minimum: 1, description: 'CPU time of one call, ms.' })),
+                wallMs: Type.Optional(Type.Integer({ minimum: 1, description: 'Wall-clock time of one call, awaits included, ms.' })),
+                messageMs: Type.Optional(Type.Integer({ minimum: 1, description: 'Time of all calls of one message, ms.' })),
+              },
+              { additionalProperties: false, description: "Overrides of the manifest's limits." },
+            ),
+          ),
+          options: Type.Optional(
+            Type.Record(Type.String(), Type.Unknown(), {
+              description: "Passed to the plugin as ctx.options; validated against the plugin's optionsSchema if it has one.",
+            }),
+          ),
+          poolSize: Type.Integer({
+            minimum: 1,
+            maximum: 64,
+            default: 2,
+            description: "Isolates in the plugin's sandbox process: connections served in parallel by this plugin.",
+          }),
+        },
+        { additionalProperties: false },
+      ),
+      {
+        default: [],
+        description: 'The plugins, in order: envelope phases stop at the first that rejects; at end of message each sees the edits of those before it.',
+      },
+    ),
     filters: Type.Object(
       {
         onError: StringEnum(POLICIES, {

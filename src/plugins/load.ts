@@ -6,6 +6,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
+import { Ajv } from 'ajv';
 import { MilterdError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { ChainEntry, FailurePolicy } from '../chain/filter.ts';
@@ -88,6 +89,7 @@ export async function loadPlugin(cfg: PluginEntryConfig, ctx: LoadContext): Prom
   const bundle = await bundlePlugin(manifest);
   for (const w of bundle.warnings) ctx.logger.warn({ plugin: manifest.name }, `bundling: ${w}`);
 
+  if (manifest.optionsSchema !== undefined) checkOptions(manifest, cfg.options ?? {});
   const granted = new Set(cfg.capabilities ?? []);
   const asked = manifest.capabilities;
   const missing = asked.filter((c) => !granted.has(c));
@@ -158,6 +160,19 @@ export async function loadPlugin(cfg: PluginEntryConfig, ctx: LoadContext): Prom
     `plugin ${manifest.name}@${manifest.version} loaded`,
   );
   return { manifest, supervisor, entry, files: bundle.files, granted: capabilities };
+}
+
+const ajv = new Ajv({ allErrors: true, strict: false });
+
+/** Validates a chain entry's options against the schema the plugin publishes. */
+function checkOptions(m: PluginManifest, options: unknown): void {
+  const validate = ajv.compile(m.optionsSchema as object);
+  if (validate(options)) return;
+  const lines = (validate.errors ?? []).map((e) => {
+    const path = e.instancePath.split('/').slice(1).join('.');
+    return `plugin ${m.name}: options${path === '' ? '' : `.${path}`}: ${e.message ?? 'invalid'}`;
+  });
+  throw new MilterdError('MILTERD_CONFIG_INVALID', lines.join('\n'), { details: { plugin: m.name, errors: lines } });
 }
 
 /** Loads every enabled entry in order; on a failure, stops those already started and rethrows. */
