@@ -18,6 +18,7 @@ const DEFAULTS = {
   log: { level: 'info' },
   limits: { maxFrameBytes: 1048576, bodyMemoryBytes: 1048576, highWaterMarkBytes: 1048576 },
   timeouts: { progressIntervalMs: 10000, idleMs: 7210000, shutdownMs: 30000 },
+  chain: [],
   filters: { onError: 'tempfail', timeoutMs: 10000, messageBudgetMs: 60000 },
 };
 
@@ -91,6 +92,7 @@ describe('parseConfig', () => {
       log: { level: 'debug', file: '/var/log/milterd.log' },
       limits: { maxFrameBytes: 1048576, bodyMemoryBytes: 0, highWaterMarkBytes: 1048576 },
       timeouts: DEFAULTS.timeouts,
+      chain: [],
       filters: { onError: 'continue', timeoutMs: 2500, messageBudgetMs: 60000 },
     });
     isDeepFrozen(c);
@@ -243,5 +245,36 @@ describe('loadConfig', () => {
       assert.match(err.message, /ENOENT/);
       return true;
     });
+  });
+});
+
+describe('chain entries', () => {
+  it('fill their defaults and keep their order', () => {
+    const c = parseConfig('chain:\n  - plugin: ./a\n  - plugin: "@acme/b"\n    capabilities: [kv, log]\n    poolSize: 4\n    limits: { wallMs: 300 }\n    options: { x: 1 }\n', FILE);
+    assert.deepEqual(c.chain, [
+      { plugin: './a', enabled: true, capabilities: [], poolSize: 2 },
+      { plugin: '@acme/b', enabled: true, capabilities: ['kv', 'log'], poolSize: 4, limits: { wallMs: 300 }, options: { x: 1 } },
+    ]);
+  });
+
+  it('name the entry and key of each error', () => {
+    assert.throws(
+      () => parseConfig('chain:\n  - plugin: ./a\n    capabilities: [fs]\n    limits: { memoryMb: 1 }\n    colour: red\n', FILE),
+      (err: MilterdError) => {
+        assert.equal(err.code, 'MILTERD_CONFIG_INVALID');
+        assert.match(err.message, /chain\[0\]\.capabilities\[0\]: expected one of "log", "kv", "dns", "clock"/);
+        assert.match(err.message, /chain\[0\]\.limits\.memoryMb: expected a value that must be >= 8/);
+        assert.match(err.message, /chain\[0\]\.colour: unknown key/);
+        return true;
+      },
+    );
+  });
+
+  it('config/default.yaml (what npm start uses) is valid and chains the example plugins', async () => {
+    const c = await loadConfig(new URL('../../../config/default.yaml', import.meta.url).pathname);
+    assert.deepEqual(
+      c.chain.map((e) => e.plugin),
+      ['../plugins/recipient-policy', '../plugins/inspect', '../plugins/header-stamp'],
+    );
   });
 });
