@@ -1,0 +1,91 @@
+/**
+ * The plugin testing kit: the example plugins through the real sandbox with no MTA, and the
+ * import path a plugin author uses (`@milterd/sdk/testing` re-exporting `milterd/testing`).
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { cp, mkdtemp, mkdir, rm, symlink, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { loadTestChain, loadTestPlugin, parseEml } from '../../src/testing/index.ts';
+
+const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+
+test('parseEml keeps header text after the colon exactly, joins folded lines with LF, makes the body CRLF', () => {
+  const p = parseEml('Subject: hi\nX-Tight:v\nX-Fold: a\n\tb\n\nline 1\nline 2\n');
+  assert.deepEqual(p.headers, [
+    ['Subject', ' hi'],
+    ['X-Tight', 'v'],
+    ['X-Fold', ' a\n\tb'],
+  ]);
+  assert.equal(Buffer.from(p.body).toString(), 'line 1\r\nline 2\r\n');
+});
+
+test('the inspect plugin through its sandbox: counts every header and body byte', async (t) => {
+  const plugin = await loadTestPlugin(join(ROOT, 'plugins/inspect'));
+  t.after(() => plugin.close());
+  const r = await plugin.run({ eml: 'Subject: hi\nFrom: me\n\nhello\n' });
+  assert.equal(r.verdict, 'accept');
+  // headers: "Subject"+"hi" + "From"+"me" = 9 + 6 bytes; body "hello\r\n" = 7 bytes.
+  const sum = [...Buffer.from('SubjecthiFromme')].reduce((a, b) => a + b, 0) + [...Buffer.from('hello\r\n')].reduce((a, b) => a + b, 0);
+  assert.deepEqual(r.actions, [{ kind: 'addheader', name: 'X-Inspect', value: ` headers=2 bytes=15 body=7 sum=${sum}` }]);
+  assert.equal(r.headers.at(-1)?.name, 'X-Inspect');
+});
+
+test('a chain of the example plugins: per-recipient verdicts, per-plugin steps, final message', async (t) => {
+  const chain = await loadTestChain(
+    [
+      { plugin: './plugins/recipient-policy', capabilities: ['log'], options: { reject: ['^nobody@'], tempfail: ['@maintenance\\.example$'] } },
+      { plugin: './plugins/inspect' },
+      { plugin: './plugins/header-stamp', capabilities: ['log'], options: { name: 'X-Stamp', value: 'qid {qid}' } },
+    ],
+    { baseDir: ROOT },
+  );
+  t.after(() => chain.close());
+  const r = await chain.run({
+    headers: [['Subject', 'x']],
+    body: 'b\n',
+    rcpts: ['bob@example.net', 'nobody@example.net', 'ops@maintenance.example'],
+    macros: { i: 'QID42' },
+  });
+  assert.equal(r.verdict, 'accept');
+  assert.deepEqual(
+    r.rcpts.map((x) => [x.address, x.verdict, x.reply]),
+    [
+      ['<bob@example.net>', 'continue', undefined],
+      ['<nobody@example.net>', 'reject', '550 5.1.1 Recipient not accepted here'],
+      ['<ops@maintenance.example>', 'tempfail', '451 4.3.2 Recipient temporarily unavailable'],
+    ],
+  );
+  assert.deepEqual(r.finalRcpts, ['<bob@example.net>']);
+  assert.deepEqual(r.headers.map((h) => `${h.name}:${h.value}`).slice(1, 2), ['X-Inspect:headers=1 bytes=8 body=3 sum=' + ([...Buffer.from('Subjectxb\r\n')].reduce((a, b) => a + b, 0))]);
+  assert.equal(r.headers.at(-1)?.value, 'qid QID42');
+  assert.deepEqual(
+    r.steps.map((s) => `${s.filter.replace('@milterd/plugin-', '')}:${s.phase}:${s.verdict}`),
+    ['recipient-policy:envrcpt:continue', 'recipient-policy:envrcpt:reject', 'recipient-policy:envrcpt:tempfail', 'inspect:eom:continue', 'header-stamp:eom:continue'],
+  );
+});
+
+test("a plugin author's project: `@milterd/sdk/testing` works with milterd installed beside the SDK", async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'milterd-author-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  // The SDK as npm installs it (a copy: a symlink would resolve 'milterd' from the repo).
+  await mkdir(join(dir, 'node_modules/@milterd/sdk'), { recursive: true });
+  await cp(join(ROOT, 'sdk/package.json'), join(dir, 'node_modules/@milterd/sdk/package.json'));
+  await cp(join(ROOT, 'sdk/dist'), join(dir, 'node_modules/@milterd/sdk/dist'), { recursive: true });
+  await symlink(ROOT, join(dir, 'node_modules/milterd'));
+  await writeFile(join(dir, 'package.json'), JSON.stringify({ name: 'author-test', type: 'module', private: true }));
+  await writeFile(
+    join(dir, 'check.mjs'),
+    `import { loadTestPlugin } from '@milterd/sdk/testing';
+const p = await loadTestPlugin(${JSON.stringify(join(ROOT, 'plugins/header-stamp'))}, { capabilities: ['log'] });
+const r = await p.run({ headers: [['Subject', 'x']] });
+await p.close();
+console.log(JSON.stringify(r.actions));`,
+  );
+  const { stdout } = await promisify(execFile)(process.execPath, ['check.mjs'], { cwd: dir, timeout: 30_000 });
+  assert.deepEqual(JSON.parse(stdout), [{ kind: 'addheader', name: 'X-Filtered-By', value: ' milterd' }]);
+});
