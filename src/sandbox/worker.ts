@@ -240,10 +240,16 @@ class Slot {
     const job = this.#current;
     if (job === undefined || job.logs.length >= MAX_LOGS_PER_CALL) return;
     const lvl = level === 'debug' || level === 'warn' || level === 'error' ? level : 'info';
-    const text = typeof msg === 'string' ? msg.slice(0, MAX_LOG_CHARS) : String(msg).slice(0, MAX_LOG_CHARS);
+    // The arguments are whatever isolated-vm made of them, and the plugin controls that: its
+    // transfer options are read with ordinary property lookups, so a plugin that sets
+    // `Object.prototype.promise = true` makes them arrive here as host Promises. Keep plain
+    // data only: anything else would make the result message uncloneable, and the call would
+    // never be answered (the daemon then kills the whole sandbox process at its own timeout).
+    const text = (typeof msg === 'string' ? msg : describe(msg)).slice(0, MAX_LOG_CHARS);
+    const plain = fields !== null && typeof fields === 'object' && !Array.isArray(fields) ? plainData(fields, 0) : undefined;
     const record: PluginLog =
-      fields !== null && typeof fields === 'object' && !Array.isArray(fields)
-        ? { level: lvl, msg: text, fields: fields as Record<string, unknown> }
+      plain !== null && typeof plain === 'object' && !Array.isArray(plain)
+        ? { level: lvl, msg: text, fields: plain as Record<string, unknown> }
         : { level: lvl, msg: text };
     job.logs.push(record);
   }
@@ -315,9 +321,50 @@ class Slot {
   #finish(job: Job, result: WireResult | undefined, error: SandboxFailure | undefined): void {
     if (job.done) return;
     job.done = true;
-    if (error !== undefined) send({ type: 'result', id: job.id, error, logs: job.logs });
-    else send({ type: 'result', id: job.id, result: result!, logs: job.logs });
+    try {
+      if (error !== undefined) send({ type: 'result', id: job.id, error, logs: job.logs });
+      else send({ type: 'result', id: job.id, result: result!, logs: job.logs });
+    } catch (err) {
+      // Something in the answer could not be serialized: answer anyway, or the daemon waits
+      // for this call until it kills the process.
+      send({
+        type: 'result',
+        id: job.id,
+        error: failure('MILTERD_PLUGIN_OUTPUT', `the plugin's answer could not be sent: ${err instanceof Error ? err.message : String(err)}`),
+        logs: [],
+      });
+    }
   }
+}
+
+/** A short description of a value that is not a string, without calling into it. */
+function describe(v: unknown): string {
+  if (v === null || (typeof v !== 'object' && typeof v !== 'function')) return String(v);
+  return Object.prototype.toString.call(v);
+}
+
+const MAX_FIELD_DEPTH = 4;
+const MAX_FIELD_KEYS = 50;
+
+/**
+ * A copy of log fields that is plain data (null, booleans, finite numbers, strings, arrays and
+ * plain objects, bounded in depth and size); anything else becomes a short description.
+ */
+function plainData(v: unknown, depth: number): unknown {
+  if (v === null || typeof v === 'boolean') return v;
+  if (typeof v === 'number') return Number.isFinite(v) ? v : String(v);
+  if (typeof v === 'string') return v.slice(0, MAX_LOG_CHARS);
+  if (typeof v !== 'object' || depth >= MAX_FIELD_DEPTH) return describe(v);
+  if (v instanceof Date) return Number.isNaN(v.getTime()) ? 'Invalid Date' : v.toISOString();
+  if (Array.isArray(v)) return v.slice(0, MAX_FIELD_KEYS).map((x) => plainData(x, depth + 1));
+  const proto = Object.getPrototypeOf(v);
+  if (proto !== Object.prototype && proto !== null) return describe(v);
+  const out: Record<string, unknown> = {};
+  for (const k of Object.keys(v).slice(0, MAX_FIELD_KEYS)) {
+    const d = Object.getOwnPropertyDescriptor(v, k);
+    out[k] = d !== undefined && 'value' in d ? plainData(d.value, depth + 1) : '[accessor]';
+  }
+  return out;
 }
 
 /** Maps an error from the isolate to a catalogue code. */
