@@ -294,7 +294,8 @@ class Slot {
         result: { promise: true, copy: true },
         timeout: cpuMs,
       })) as WireResult;
-      this.#finish(job, result, undefined);
+      const over = outputProblem(job.call, result);
+      this.#finish(job, over === undefined ? result : undefined, over === undefined ? undefined : failure('MILTERD_PLUGIN_OUTPUT', over));
     } catch (err) {
       if (!watchdogFired) {
         const f = classify(err, isolate);
@@ -365,6 +366,45 @@ function plainData(v: unknown, depth: number): unknown {
     out[k] = d !== undefined && 'value' in d ? plainData(d.value, depth + 1) : '[accessor]';
   }
   return out;
+}
+
+/** Most modifications one plugin may return for one message (the daemon's own cap). */
+const MAX_MODS = 10_000;
+/**
+ * Most characters of header names and values, addresses, ESMTP arguments and reasons one
+ * plugin may return for one message. Real filters add a few headers; Sendmail refuses a header
+ * section over 32 KiB by default (MaxHeadersLength). The daemon checks each header (63 KiB) but
+ * not their sum, and every later plugin in the chain gets the headers in its eom call: 1 000
+ * headers of 60 KiB made the next plugin's sandbox go over its memory limit.
+ */
+const MAX_META_CHARS = 1 << 20;
+/** Bodies one plugin may return for one message: twice the body it got plus this, in bytes. */
+const BODY_ALLOWANCE = 4 << 20;
+
+/**
+ * Why an end-of-message result is too large to ship to the daemon, or undefined. Checked here,
+ * in the sandbox process: a 200 MB body sent over IPC blocked the daemon's event loop for a
+ * second while it was deserialized (even after the call had timed out), delaying every
+ * connection, and the daemon's memory grew by five times that.
+ */
+function outputProblem(call: WireCall, result: WireResult): string | undefined {
+  if (call.phase !== 'eom') return undefined;
+  const mods: unknown = (result as { mods?: unknown } | null | undefined)?.mods;
+  if (!Array.isArray(mods)) return undefined; // the daemon refuses anything that is not a list
+  if (mods.length > MAX_MODS) return `${mods.length} modifications in one message (at most ${MAX_MODS})`;
+  const maxBody = 2 * call.body.byteLength + BODY_ALLOWANCE;
+  let chars = 0;
+  let bytes = 0;
+  for (const mod of mods) {
+    if (mod === null || typeof mod !== 'object') continue;
+    for (const v of Object.values(mod as Record<string, unknown>)) {
+      if (typeof v === 'string') chars += v.length;
+      else if (ArrayBuffer.isView(v)) bytes += v.byteLength;
+    }
+  }
+  if (chars > MAX_META_CHARS) return `modifications with ${chars} characters of headers and addresses (at most ${MAX_META_CHARS})`;
+  if (bytes > maxBody) return `${bytes} bytes of replaced body for a ${call.body.byteLength}-byte message (at most ${maxBody})`;
+  return undefined;
 }
 
 /** Maps an error from the isolate to a catalogue code. */
