@@ -282,18 +282,28 @@ class Slot {
     const { cpuMs, wallMs } = this.#init.limits;
     const isolate = this.#isolate!;
     let watchdogFired = false;
+    let wall: (v: typeof WALL) => void = () => undefined;
+    const walled = new Promise<typeof WALL>((r) => (wall = r));
     const watchdog = setTimeout(() => {
       // Isolate timeouts do not cover code after an await: dispose, answer, rebuild.
       watchdogFired = true;
       this.#finish(job, undefined, failure('MILTERD_PLUGIN_WALL', `${job.call.phase} ran longer than ${wallMs} ms`));
       this.#recycle(isolate);
+      wall(WALL);
     }, wallMs);
     try {
-      const result = (await this.#dispatch!.apply(undefined, [job.call], {
+      const call = this.#dispatch!.apply(undefined, [job.call], {
         arguments: { copy: true },
         result: { promise: true, copy: true },
         timeout: cpuMs,
-      })) as WireResult;
+      }) as Promise<WireResult>;
+      call.catch(() => undefined); // may settle after the watchdog, or never
+      // Stop waiting at the watchdog. Code V8 cannot interrupt (a huge BigInt to string) keeps
+      // the disposed isolate's thread busy and this promise pending for seconds: waiting for it
+      // held every later call of this slot (other connections, and each `close`) until the
+      // daemon killed the whole sandbox process at its own timeout.
+      const result = await Promise.race([call, walled]);
+      if (result === WALL) return;
       const over = outputProblem(job.call, result);
       this.#finish(job, over === undefined ? result : undefined, over === undefined ? undefined : failure('MILTERD_PLUGIN_OUTPUT', over));
     } catch (err) {
@@ -367,6 +377,9 @@ function plainData(v: unknown, depth: number): unknown {
   }
   return out;
 }
+
+/** What the watchdog's promise resolves to. */
+const WALL: unique symbol = Symbol('wall');
 
 /** Most modifications one plugin may return for one message (the daemon's own cap). */
 const MAX_MODS = 10_000;
