@@ -355,25 +355,34 @@ function describe(v: unknown): string {
 }
 
 const MAX_FIELD_DEPTH = 4;
-const MAX_FIELD_KEYS = 50;
+/** Values (MAX_FIELD_NODES) and string characters (MAX_FIELD_CHARS) kept of one record's fields. */
+const MAX_FIELD_NODES = 200;
+const MAX_FIELD_CHARS = 16_384;
 
 /**
  * A copy of log fields that is plain data (null, booleans, finite numbers, strings, arrays and
- * plain objects, bounded in depth and size); anything else becomes a short description.
+ * plain objects), bounded in depth and in total size (up to 100 records per call are kept);
+ * anything else becomes a short description.
  */
-function plainData(v: unknown, depth: number): unknown {
+function plainData(v: unknown, depth: number, budget = { nodes: MAX_FIELD_NODES, chars: MAX_FIELD_CHARS }): unknown {
+  if (--budget.nodes < 0) return '[truncated]';
   if (v === null || typeof v === 'boolean') return v;
   if (typeof v === 'number') return Number.isFinite(v) ? v : String(v);
-  if (typeof v === 'string') return v.slice(0, MAX_LOG_CHARS);
+  if (typeof v === 'string') {
+    const kept = v.slice(0, Math.max(0, budget.chars));
+    budget.chars -= kept.length;
+    return kept;
+  }
   if (typeof v !== 'object' || depth >= MAX_FIELD_DEPTH) return describe(v);
   if (v instanceof Date) return Number.isNaN(v.getTime()) ? 'Invalid Date' : v.toISOString();
-  if (Array.isArray(v)) return v.slice(0, MAX_FIELD_KEYS).map((x) => plainData(x, depth + 1));
+  if (Array.isArray(v)) return v.slice(0, Math.max(0, budget.nodes)).map((x) => plainData(x, depth + 1, budget));
   const proto = Object.getPrototypeOf(v);
   if (proto !== Object.prototype && proto !== null) return describe(v);
   const out: Record<string, unknown> = {};
-  for (const k of Object.keys(v).slice(0, MAX_FIELD_KEYS)) {
+  for (const k of Object.keys(v)) {
+    if (budget.nodes <= 0) break;
     const d = Object.getOwnPropertyDescriptor(v, k);
-    out[k] = d !== undefined && 'value' in d ? plainData(d.value, depth + 1) : '[accessor]';
+    out[k.slice(0, 100)] = d !== undefined && 'value' in d ? plainData(d.value, depth + 1, budget) : '[accessor]';
   }
   return out;
 }
