@@ -56,11 +56,21 @@ interface Pending {
   readonly resolve: (r: CallResult) => void;
   readonly reject: (e: MilterdError) => void;
   readonly timer: NodeJS.Timeout;
+  /** The call was written to the process's pipe (it may have been read). */
+  sent: boolean;
 }
 
 function pluginError(code: string, message: string, plugin: string, logs?: readonly PluginLog[]): MilterdError {
   const c = (code in ERRORS ? code : 'MILTERD_FILTER_THREW') as ErrorCode;
   return new MilterdError(c, message, { details: { plugin, ...(logs && logs.length > 0 ? { logs } : {}) } });
+}
+
+/** Call errors raised because the call never reached the sandbox process. */
+const NOT_SENT = new WeakSet<object>();
+
+/** True when `child` was killed or has died (it may still look `connected` for a while). */
+function isDying(child: ChildProcess): boolean {
+  return child.killed || child.exitCode !== null || child.signalCode !== null;
 }
 
 /** Reads a process's resident set size in MB from /proc (Linux). */
@@ -213,7 +223,10 @@ export class Supervisor {
     for (const [id, p] of this.#pending) {
       this.#pending.delete(id);
       clearTimeout(p.timer);
-      p.reject(pluginError(reason.code, reason.message, this.#o.plugin));
+      const e = pluginError(reason.code, reason.message, this.#o.plugin);
+      // Never written to the pipe: the process did not see it, call() sends it to the successor.
+      if (!p.sent) NOT_SENT.add(e);
+      p.reject(e);
     }
     if (this.#stopped) return;
     // A kill by our own call watchdog was already counted when it fired.
@@ -265,16 +278,44 @@ export class Supervisor {
       this.#log.info({ plugin: this.#o.plugin }, 'retrying a switched-off plugin');
     }
     const child = this.#child;
-    if (child === undefined || !child.connected) {
-      // Restarting: wait for it, within this call's time.
-      await Promise.race([
-        this.#ready,
-        new Promise((_, rej) =>
-          setTimeout(() => rej(pluginError('MILTERD_PLUGIN_CRASHED', `plugin ${this.#o.plugin} is restarting`, this.#o.plugin)), timeoutMs).unref(),
-        ),
-      ]);
+    if (child === undefined || !child.connected || isDying(child)) await this.#restarted(child, timeoutMs);
+    try {
+      return await this.#send(call, timeoutMs);
+    } catch (err) {
+      // Not delivered: the process died after the check above, before the call was written
+      // to its pipe. Safe to send again once, to its successor.
+      if (!NOT_SENT.has(err as object) || this.#stopped) throw err;
+      await this.#restarted(child, timeoutMs);
+      return await this.#send(call, timeoutMs);
     }
-    return this.#send(call, timeoutMs);
+  }
+
+  /**
+   * Waits, within `timeoutMs`, until `child` (a process that was killed or died) has exited and
+   * its successor has loaded. A dead process stays `connected` until its exit is processed,
+   * and `#ready` becomes the restart only in #onExit: a call sent in between failed with EPIPE,
+   * so after each kill by the call watchdog or the memory guard the next message (often
+   * another connection's) got the failure policy too.
+   */
+  async #restarted(child: ChildProcess | undefined, timeoutMs: number): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    // #onExit listens first (see #spawn): when this resolves, #ready is the restart.
+    const exited =
+      child === undefined || child.exitCode !== null || child.signalCode !== null
+        ? Promise.resolve()
+        : new Promise<void>((r) => child.once('exit', () => r()));
+    try {
+      await Promise.race([
+        exited.then(() => this.#ready),
+        new Promise((_, rej) => {
+          timer = setTimeout(() => rej(pluginError('MILTERD_PLUGIN_CRASHED', `plugin ${this.#o.plugin} is restarting`, this.#o.plugin)), timeoutMs);
+          timer.unref();
+        }),
+      ]);
+    } finally {
+      clearTimeout(timer);
+    }
+    if (this.#stopped) throw pluginError('MILTERD_PLUGIN_CRASHED', `plugin ${this.#o.plugin} is stopped`, this.#o.plugin);
   }
 
   #send(call: WireCall, timeoutMs: number): Promise<CallResult> {
@@ -292,13 +333,17 @@ export class Supervisor {
         reject(pluginError('MILTERD_PLUGIN_WALL', this.#killReason.message, this.#o.plugin));
         child.kill('SIGKILL');
       }, timeoutMs);
-      this.#pending.set(id, { resolve, reject, timer });
+      const pending: Pending = { resolve, reject, timer, sent: false };
+      this.#pending.set(id, pending);
       const msg: ToSandbox = { type: 'call', id, call };
       child.send(msg, (err) => {
-        if (err && this.#pending.has(id)) {
+        if (!err) pending.sent = true;
+        else if (this.#pending.has(id)) {
           this.#pending.delete(id);
           clearTimeout(timer);
-          reject(pluginError('MILTERD_PLUGIN_CRASHED', `cannot reach the sandbox: ${err.message}`, this.#o.plugin));
+          const e = pluginError('MILTERD_PLUGIN_CRASHED', `cannot reach the sandbox: ${err.message}`, this.#o.plugin);
+          NOT_SENT.add(e);
+          reject(e);
         }
       });
     });
