@@ -10,6 +10,7 @@ import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Config } from '../config/schema.ts';
 import { startDaemon } from '../daemon.ts';
+import { check } from './check.ts';
 
 /** The configuration used without --config: defaults plus the example plugins. */
 export const DEFAULT_CONFIG_FILE = fileURLToPath(new URL('../../config/default.yaml', import.meta.url));
@@ -50,6 +51,15 @@ export function buildCli(): Command {
       }
       const daemon = await startDaemon(config, { baseDir: dirname(resolve(file)) });
       await daemon.stopped;
+    });
+  program
+    .command('check')
+    .description(
+      'Validate the configuration, load every plugin of the chain in its sandbox (manifest, SDK range, bundle), and print the chain and the negotiation it implies. Exit 0 if all is well, 1 otherwise.',
+    )
+    .option('-c, --config <file>', 'configuration file (default: config/default.yaml)')
+    .action(async (opts: { config?: string }) => {
+      process.stdout.write(`${await check(opts.config ?? DEFAULT_CONFIG_FILE)}\n`);
     });
   return program;
 }
