@@ -200,6 +200,13 @@ export class Supervisor {
           p.reject(pluginError(m.error.code, m.error.message, this.#o.plugin, m.logs));
         } else {
           this.#consecutive = 0;
+          if (this.#openUntil !== 0) {
+            // The retry after a cool-down succeeded: the breaker is closed, and a later opening
+            // starts again from the first cool-down.
+            this.#openUntil = 0;
+            this.#cooldown = this.#o.breakerCooldownMs ?? 10_000;
+            this.#log.info({ plugin: this.#o.plugin }, `plugin ${this.#o.plugin} works again: switched back on`);
+          }
           p.resolve({ result: m.result!, logs: m.logs });
         }
         return;
@@ -245,15 +252,23 @@ export class Supervisor {
     });
   }
 
-  /** Counts a failure against the breaker; opens it at the threshold. */
+  /**
+   * Counts a failure against the breaker; opens it at the threshold, or at once when the
+   * failure was the retry after a cool-down (half-open), then for twice as long.
+   *
+   * `#openUntil` is 0 while the breaker is closed. It used to stay set after a successful
+   * retry: the breaker then needed `threshold` more failures to reopen after a failed retry,
+   * doubled its cool-down on the next opening even after long healthy periods, and logged
+   * "retrying a switched-off plugin" before every later call.
+   */
   #fail(code: string): void {
     if (!BREAKER_CODES.has(code)) return;
     this.#consecutive++;
     const threshold = this.#o.breakerThreshold ?? 5;
-    if (this.#consecutive >= threshold) {
-      const now = Date.now();
-      const wasOpen = this.#openUntil !== 0;
-      if (wasOpen && now >= this.#openUntil) this.#cooldown = Math.min(this.#cooldown * 2, 300_000); // a failed retry
+    const now = Date.now();
+    const failedRetry = this.#openUntil !== 0 && now >= this.#openUntil;
+    if (failedRetry || this.#consecutive >= threshold) {
+      if (failedRetry) this.#cooldown = Math.min(this.#cooldown * 2, 300_000);
       this.#openUntil = now + this.#cooldown;
       this.#consecutive = 0;
       this.#log.error(
@@ -273,7 +288,7 @@ export class Supervisor {
     if (now < this.#openUntil) {
       throw pluginError('MILTERD_PLUGIN_CIRCUIT_OPEN', `plugin ${this.#o.plugin} is switched off after repeated failures`, this.#o.plugin);
     }
-    if (this.#openUntil !== 0 && this.#consecutive === 0) {
+    if (this.#openUntil !== 0) {
       // Half-open: this call is the retry. Success closes the breaker (see #onMessage).
       this.#log.info({ plugin: this.#o.plugin }, 'retrying a switched-off plugin');
     }
