@@ -27,7 +27,11 @@ const MAX_KV_ENTRIES = 100_000;
 const MAX_TTL_MS = 30 * 24 * 3600 * 1000;
 
 function send(m: FromSandbox): void {
-  process.send?.(m);
+  // With a callback, a write to a daemon that has gone (EPIPE, channel closed) is reported
+  // here instead of as an 'error' event, which crashed the process noisily when the daemon
+  // stopped it with calls in flight. Nothing to do then: the 'disconnect' handler exits.
+  // (Serialization errors still throw, for #finish to handle.)
+  if (process.connected) process.send?.(m, undefined, undefined, () => undefined);
 }
 
 function failure(code: string, message: string): SandboxFailure {
