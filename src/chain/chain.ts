@@ -449,7 +449,9 @@ function fail(code: ErrorCode, message: string): Decision {
 }
 
 function thrown(err: unknown): Decision {
-  if (err instanceof MilterdError && err.area === 'filter') return { ok: false, error: err };
+  // Keep the code of errors that say what the filter or plugin did wrong (a plugin's CPU, wall,
+  // memory, crash, capability...): the log line must tell them apart.
+  if (err instanceof MilterdError && (err.area === 'filter' || err.area === 'plugin')) return { ok: false, error: err };
   const msg = err instanceof Error ? err.message : String(err);
   return { ok: false, error: new MilterdError('MILTERD_FILTER_THREW', msg, { cause: err }) };
 }

@@ -68,16 +68,6 @@ export function sandboxFilter(spec: SandboxFilterSpec, sandbox: Supervisor): Fil
     } catch (err) {
       const logs = (err as MilterdError).details?.logs as PluginLog[] | undefined;
       if (logs) relayLogs(ctx, logs);
-      if (err instanceof MilterdError && err.area === 'plugin') {
-        // The chain keeps the code of filter-area errors only and logs every other one as
-        // MILTERD_FILTER_THREW, which would hide whether the plugin spun (CPU), hung (WALL),
-        // blew its memory, crashed, was switched off, or used a service it was not granted.
-        // Log the plugin's own code here, with the hook (ctx.log carries the filter's name).
-        ctx.log.warn(
-          { plugin: spec.name, hook: call.phase, code: err.code, err: err.message },
-          `plugin ${spec.name} failed in ${call.phase}: ${err.message}`,
-        );
-      }
       throw err;
     }
     relayLogs(ctx, out.logs);
