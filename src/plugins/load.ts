@@ -131,6 +131,14 @@ export async function loadPlugin(cfg: PluginEntryConfig, ctx: LoadContext): Prom
         );
       }
     }
+    const needBody = description.hooks.filter((h) => h === 'body');
+    const needHeaders = description.hooks.filter((h) => h === 'header' || h === 'eoh');
+    if ((!manifest.reads.body && needBody.length > 0) || (!manifest.reads.headers && needHeaders.length > 0)) {
+      throw new MilterdError(
+        'MILTERD_PLUGIN_MANIFEST',
+        `plugin ${manifest.name} defines ${[...needBody, ...needHeaders].join(', ')} but its manifest says it does not read ${manifest.reads.body ? 'headers' : 'the body'} (milterd.reads)`,
+      );
+    }
     if (description.hooks.length === 0) {
       throw new MilterdError('MILTERD_PLUGIN_LOAD', `plugin ${manifest.name} defines no hook`);
     }
@@ -144,6 +152,7 @@ export async function loadPlugin(cfg: PluginEntryConfig, ctx: LoadContext): Prom
       hooks: description.hooks,
       actions: manifest.actions,
       macros: manifest.macros,
+      reads: manifest.reads,
       callTimeoutMs: limits.wallMs + 1000,
     },
     supervisor,

@@ -76,6 +76,12 @@ export interface PluginManifest {
   macros: Partial<Record<MacroStage, string[]>>;
   /** JSON Schema (draft-07) of the plugin's options, checked to be a valid schema. */
   optionsSchema?: object;
+  /**
+   * What the plugin reads at end of message. `body: false` spares it a copy of the body (and
+   * its memory limit): a plugin that only adds headers should say so, or a large message could
+   * exceed its heap just by being handed over.
+   */
+  reads: { headers: boolean; body: boolean };
   /** Absolute path of the package root. */
   dir: string;
 }
@@ -141,6 +147,15 @@ export const ManifestSchema = Type.Object(
       ),
     ),
     optionsSchema: Type.Optional(Type.Object({}, { additionalProperties: true })),
+    reads: Type.Optional(
+      Type.Object(
+        {
+          headers: Type.Optional(Type.Boolean({ description: 'The plugin reads headers at end of message (default true).' })),
+          body: Type.Optional(Type.Boolean({ description: 'The plugin reads the body at end of message (default true).' })),
+        },
+        { additionalProperties: false },
+      ),
+    ),
   },
   { additionalProperties: false },
 );
@@ -247,6 +262,7 @@ export async function readManifest(dir: string): Promise<PluginManifest> {
     limits: { ...DEFAULT_PLUGIN_LIMITS, ...pkg.milterd.limits },
     macros: structuredClone(pkg.milterd.macros ?? {}),
     ...(pkg.milterd.optionsSchema === undefined ? {} : { optionsSchema: structuredClone(pkg.milterd.optionsSchema) }),
+    reads: { headers: pkg.milterd.reads?.headers ?? true, body: pkg.milterd.reads?.body ?? true },
     dir: root,
   };
   return deepFreeze(manifest);

@@ -28,10 +28,13 @@ export interface SandboxFilterSpec {
   readonly hooks: readonly HookName[];
   readonly actions: readonly FilterAction[];
   readonly macros: Readonly<Partial<Record<MacroStage, readonly string[]>>>;
+  /** What the plugin reads at end of message (manifest `reads`): what it does not read is not copied to it. */
+  readonly reads?: { readonly headers: boolean; readonly body: boolean };
   /** Wall-clock bound of one call as seen from the daemon (the sandbox's own limit + margin). */
   readonly callTimeoutMs: number;
 }
 
+const EMPTY = new Uint8Array(0);
 let connSeq = 0;
 let msgSeq = 0;
 
@@ -82,7 +85,10 @@ export function sandboxFilter(spec: SandboxFilterSpec, sandbox: Supervisor): Fil
     name: spec.name,
     actions: spec.actions,
     macros: spec.macros,
-    reads: { headers: has.has('header') || has.has('eoh') || has.has('eom'), body: has.has('body') || has.has('eom') },
+    reads: {
+      headers: (spec.reads?.headers ?? true) && (has.has('header') || has.has('eoh') || has.has('eom')),
+      body: (spec.reads?.body ?? true) && (has.has('body') || has.has('eom')),
+    },
   };
   if (has.has('connect')) f.connect = async (ctx) => verdictOf(await run(ctx, { ...base(ctx), phase: 'connect' }));
   if (has.has('helo')) f.helo = async (ctx, name) => verdictOf(await run(ctx, { ...base(ctx), phase: 'helo', name }));
@@ -99,8 +105,8 @@ export function sandboxFilter(spec: SandboxFilterSpec, sandbox: Supervisor): Fil
       const r = await run(ctx, {
         ...base(ctx),
         phase: 'eom',
-        headers: message.headers.map((h) => ({ name: h.name, value: h.value, raw: h.raw })),
-        body: await message.body(),
+        headers: spec.reads?.headers === false ? [] : message.headers.map((h) => ({ name: h.name, value: h.value, raw: h.raw })),
+        body: spec.reads?.body === false ? EMPTY : await message.body(),
         actions: [...spec.actions],
       });
       applyMods(message, r.mods ?? []);

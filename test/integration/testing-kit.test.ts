@@ -89,3 +89,13 @@ console.log(JSON.stringify(r.actions));`,
   const { stdout } = await promisify(execFile)(process.execPath, ['check.mjs'], { cwd: dir, timeout: 30_000 });
   assert.deepEqual(JSON.parse(stdout), [{ kind: 'addheader', name: 'X-Filtered-By', value: ' milterd' }]);
 });
+
+test('a plugin that declares reads.body=false is not handed the body: a 40 MB message passes a 32 MB plugin', async (t) => {
+  const plugin = await loadTestPlugin(join(ROOT, 'plugins/header-stamp'), { capabilities: ['log'] });
+  t.after(() => plugin.close());
+  const body = Buffer.alloc(40 * 1024 * 1024, 'a');
+  const r = await plugin.run({ headers: [['Subject', 'big']], body });
+  assert.equal(r.verdict, 'accept');
+  assert.equal(r.body.length, body.length);
+  assert.deepEqual(r.actions, [{ kind: 'addheader', name: 'X-Filtered-By', value: ' milterd' }]);
+});

@@ -58,6 +58,7 @@ describe('readManifest: valid plugins', () => {
         properties: { header: { type: 'string' } },
         additionalProperties: false,
       },
+      reads: { headers: true, body: true },
       dir,
     } satisfies PluginManifest);
     isDeepFrozen(m);
@@ -82,6 +83,7 @@ describe('readManifest: valid plugins', () => {
       capabilities: [],
       limits: { ...DEFAULT_PLUGIN_LIMITS },
       macros: {},
+      reads: { headers: true, body: true },
       dir,
     });
     assert.equal('hooks' in m, false);
@@ -315,6 +317,12 @@ describe('readManifest: errors name the file, the plugin and the key path', () =
     ]);
   });
 
+  it('reads: defaults to headers and body; body: false is kept', async () => {
+    const m = await readManifest(await plugin(pkgWith({ reads: { body: false } })));
+    assert.deepEqual(m.reads, { headers: true, body: false });
+    await assert.rejects(readManifest(await plugin(pkgWith({ reads: { body: 'no' } }))), { code: 'MILTERD_PLUGIN_MANIFEST', message: /milterd\.reads\.body/ });
+  });
+
   it('two plugins may publish schemas with the same $id', async () => {
     const schema = { $id: 'https://example.org/options', type: 'object' };
     const a = await readManifest(await plugin(pkgWith({ optionsSchema: schema })));
@@ -325,7 +333,7 @@ describe('readManifest: errors name the file, the plugin and the key path', () =
 
 describe('checkSdkCompatibility', () => {
   const m = (sdk: string): PluginManifest =>
-    Object.freeze({ name: 'p', version: '1.2.3', sdk, entry: '/x/index.js', actions: [], capabilities: [], limits: DEFAULT_PLUGIN_LIMITS, macros: {}, dir: '/x' });
+    Object.freeze({ name: 'p', version: '1.2.3', sdk, entry: '/x/index.js', actions: [], capabilities: [], limits: DEFAULT_PLUGIN_LIMITS, macros: {}, reads: { headers: true, body: true }, dir: '/x' });
 
   it('passes when the available version satisfies the range', () => {
     checkSdkCompatibility(m('^0.1.0'), '0.1.5');
