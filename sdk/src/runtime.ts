@@ -157,11 +157,19 @@ function need(ref: HostReference | undefined, cap: Capability): HostReference {
   return ref;
 }
 
-const COPY_ARGS: HostApplyOptions = Object.freeze({ arguments: Object.freeze({ copy: true }) });
-const ASYNC_CALL: HostApplyOptions = Object.freeze({
-  arguments: Object.freeze({ copy: true }),
-  result: Object.freeze({ promise: true, copy: true }),
+/**
+ * Options objects for calls to the host, without a prototype: a plugin that sets, say,
+ * `Object.prototype.timeout` must not change how its own host calls are made.
+ */
+function bare<T extends object>(o: T): T {
+  return Object.freeze(Object.assign(Object.create(null) as T, o));
+}
+const COPY_ARGS: HostApplyOptions = bare({ arguments: bare({ copy: true }) });
+const ASYNC_CALL: HostApplyOptions = bare({
+  arguments: bare({ copy: true }),
+  result: bare({ promise: true, copy: true }),
 });
+const SYNC_CALL: HostApplyOptions = bare({ arguments: bare({ copy: true }), result: bare({ copy: true }) });
 
 /** `[CODE] message`: how a code travels in an error message across the isolate boundary. */
 const CODE_PREFIX = /^\[([A-Z][A-Z0-9_]*)\] ?([\s\S]*)$/;
@@ -320,7 +328,7 @@ function makeServices(host: HostServices): Services {
       const ref = need(clockRef, 'clock');
       let v: unknown;
       try {
-        v = ref.applySync(undefined, []);
+        v = ref.applySync(undefined, [], SYNC_CALL);
       } catch (err) {
         throw hostError('clock.now', err);
       }
