@@ -11,6 +11,7 @@ import { silentLogger, type Logger } from '../log.ts';
 import { DEFAULT_MAX_FRAME_SIZE } from '../protocol/decoder.ts';
 import { Chain, DEFAULT_CHAIN_DEFAULTS, type ChainDefaults } from '../chain/chain.ts';
 import type { ChainEntry } from '../chain/filter.ts';
+import { ChainHolder } from '../chain/holder.ts';
 import { Session } from '../session/session.ts';
 import { formatListenSpec, parseListenSpec, type ListenSpec } from './listen.ts';
 
@@ -45,7 +46,7 @@ export class MilterServer {
   readonly #specs: ListenSpec[];
   readonly #servers: { spec: ListenSpec; server: net.Server }[] = [];
   readonly #sockets = new Map<net.Socket, Session>();
-  #chain: Chain;
+  readonly #chains: ChainHolder;
   #seq = 0;
   #stopping: Promise<void> | undefined;
 
@@ -55,17 +56,28 @@ export class MilterServer {
     const list = typeof options.listen === 'string' ? [options.listen] : options.listen;
     if (list.length === 0) throw new MilterdError('MILTERD_SERVER_LISTEN_SPEC', 'no listen address given');
     this.#specs = list.map(parseListenSpec);
-    this.#chain = toChain(options.chain, options.chainDefaults);
+    this.#chains = new ChainHolder(toChain(options.chain, options.chainDefaults));
   }
 
-  /** The chain that new connections negotiate with. */
+  /** The chain that new connections and new messages use. */
   get chain(): Chain {
-    return this.#chain;
+    return this.#chains.current;
   }
 
-  /** Swaps the chain for connections negotiated from now on; open ones keep theirs. */
-  setChain(chain: readonly ChainEntry[] | Chain): void {
-    this.#chain = toChain(chain, this.#opts.chainDefaults);
+  /** Chains replaced by setChain that messages in progress still use. */
+  get draining(): number {
+    return this.#chains.draining;
+  }
+
+  /**
+   * Swaps the chain (hot reload): new connections, and open ones at their next message, use
+   * the new one; messages in progress finish on the old one. `onRetired` runs when the old
+   * chain is no longer in use by anyone.
+   */
+  setChain(chain: readonly ChainEntry[] | Chain, onRetired?: () => unknown): Chain {
+    const next = toChain(chain, this.#opts.chainDefaults);
+    this.#chains.swap(next, onRetired);
+    return next;
   }
 
   /** Open MTA connections. */
@@ -81,7 +93,7 @@ export class MilterServer {
       await this.#closeListeners();
       throw err;
     }
-    this.#log.info({ listen: this.addresses(), filters: this.#chain.entries.map((e) => e.name) }, 'milterd listening');
+    this.#log.info({ listen: this.addresses(), filters: this.chain.entries.map((e) => e.name) }, 'milterd listening');
   }
 
   /** Addresses in libmilter syntax with ports resolved (`inet:0@…` becomes the real port). */
@@ -125,7 +137,7 @@ export class MilterServer {
     const id = (++this.#seq).toString(36);
     const o = this.#opts;
     const session = new Session(id, socket, {
-      chain: () => this.#chain,
+      chains: this.#chains,
       logger: this.#log,
       maxFrameSize: o.maxFrameSize ?? DEFAULT_MAX_FRAME_SIZE,
       bodyStore: { memoryLimit: o.bodyMemoryLimit ?? 1 << 20, ...(o.tmpDir === undefined ? {} : { tmpDir: o.tmpDir }) },

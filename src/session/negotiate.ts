@@ -114,3 +114,33 @@ export function negotiate(
       : { kind: 'optneg', version, actions, protocol };
   return { version, actions, protocol, grantedActions: granted, reply };
 }
+
+/** The NO* and NR_* flags that make a hook of each phase unusable on a connection. */
+const PHASE_BLOCKERS: Readonly<Record<string, number>> = {
+  connect: SMFIP.NOCONNECT | SMFIP.NR_CONN,
+  helo: SMFIP.NOHELO | SMFIP.NR_HELO,
+  envfrom: SMFIP.NOMAIL | SMFIP.NR_MAIL,
+  envrcpt: SMFIP.NORCPT | SMFIP.NR_RCPT,
+  data: SMFIP.NODATA | SMFIP.NR_DATA,
+  unknown: SMFIP.NOUNKNOWN | SMFIP.NR_UNKN,
+};
+
+/**
+ * Can a connection negotiated as `neg` run a chain with these needs? (After a reload, open
+ * connections move to the new chain at their next message only if it fits what they
+ * negotiated: a new hook on a phase the MTA was told not to send, or not to wait for, or an
+ * action the MTA did not grant, cannot work there.)
+ */
+export function fits(needs: ChainNeeds, neg: Pick<Negotiated, 'protocol' | 'actions'>): boolean {
+  for (const p of needs.hooks) {
+    const blockers = PHASE_BLOCKERS[p];
+    if (blockers !== undefined && (neg.protocol & blockers) !== 0) return false;
+  }
+  if (needs.headers && (neg.protocol & SMFIP.NOHDRS) !== 0) return false;
+  if (needs.body && (neg.protocol & SMFIP.NOBODY) !== 0) return false;
+  for (const a of needs.actions) {
+    const bit = a === 'addRcpt' ? SMFIF.ADDRCPT : ACTION_BITS[a];
+    if ((neg.actions & bit) === 0) return false;
+  }
+  return true;
+}

@@ -40,7 +40,8 @@ import { BodyStore, type BodyStoreOptions } from '../chain/content.ts';
 import type { ConnectionInfo, EnvelopeAddress, FilterAction } from '../chain/filter.ts';
 import { diffToActions, headerValue, type MessageSnapshot, type WorkHeader } from '../chain/message.ts';
 import { MACRO_STAGES, MacroStore } from './macros.ts';
-import { negotiate, type Negotiated } from './negotiate.ts';
+import { fits, negotiate, type Negotiated } from './negotiate.ts';
+import type { ChainHolder } from '../chain/holder.ts';
 
 /** Session states. The names are the last command seen. */
 export const State = {
@@ -110,8 +111,12 @@ export interface Transport {
 
 /** Settings of a session. */
 export interface SessionOptions {
-  /** The chain new connections negotiate with (called at OPTNEG and after QUIT_NC). */
-  readonly chain: () => Chain;
+  /**
+   * Where the current chain comes from. A connection takes the current chain at negotiation
+   * and, after a reload, moves to the new one when its next message starts (if the new chain
+   * fits what was negotiated), so a message always finishes on the chain it started with.
+   */
+  readonly chains: ChainHolder;
   readonly logger: Logger;
   readonly maxFrameSize: number;
   readonly bodyStore: BodyStoreOptions;
@@ -197,11 +202,36 @@ export class Session {
     await this.#endConnection();
   }
 
-  async #endConnection(): Promise<void> {
+  /** Ends the SMTP connection for the filters; with `keepChain` (QUIT_NC) the chain stays held. */
+  async #endConnection(keepChain = false): Promise<void> {
     const run = this.#run;
+    const chain = this.#chain;
     this.#run = undefined;
+    if (!keepChain) this.#chain = undefined;
     if (this.#msg !== undefined) await this.#endMessage(true, run);
     if (run !== undefined) await run.close();
+    if (chain !== undefined && !keepChain) this.#opts.chains.release(chain);
+  }
+
+  /**
+   * At the start of a message: after a reload, move to the current chain if it fits what this
+   * connection negotiated; otherwise keep the old one until the connection ends.
+   */
+  #maybeSwitchChain(): Promise<void> | undefined {
+    const holder = this.#opts.chains;
+    const next = holder.current;
+    const old = this.#chain;
+    if (old === undefined || next === old || this.#neg === undefined) return undefined;
+    if (!fits(next.needs, this.#neg)) return undefined;
+    const oldRun = this.#run;
+    this.#chain = holder.acquire();
+    this.#run = this.#newRun(this.#chain, this.#neg);
+    const finish = async (): Promise<void> => {
+      // The old chain's filters see this connection end for them.
+      if (oldRun !== undefined) await oldRun.close();
+      holder.release(old);
+    };
+    return finish();
   }
 
   #logger(): Logger {
@@ -350,15 +380,16 @@ export class Session {
   #dispatch(cmd: MilterCommand): Promise<void> | undefined {
     const next = NEXT[cmd.kind];
     if (next !== undefined) this.#state = next;
-    const run = this.#run!;
     switch (cmd.kind) {
       case 'connect':
         this.#conn = { hostname: cmd.hostname, family: cmd.family, address: cmd.address, port: cmd.port, helo: undefined };
-        return this.#reply(SMFIC.CONNECT, run.connect(this.#conn), 'connection');
+        return this.#reply(SMFIC.CONNECT, this.#run!.connect(this.#conn), 'connection');
       case 'helo':
         this.#conn = { ...this.#conn, helo: cmd.name };
-        return this.#reply(SMFIC.HELO, run.helo(cmd.name), 'connection');
+        return this.#reply(SMFIC.HELO, this.#run!.helo(cmd.name), 'connection');
       case 'mail': {
+        const switching = this.#maybeSwitchChain();
+        if (switching !== undefined) return switching.then(() => this.#dispatch(cmd));
         const from: EnvelopeAddress = { address: cmd.args[0] ?? '', args: cmd.args.slice(1) };
         this.#msg = {
           from,
@@ -368,13 +399,13 @@ export class Session {
           done: false,
         };
         this.#msgLog = undefined;
-        return this.#reply(SMFIC.MAIL, run.envfrom(from), 'message');
+        return this.#reply(SMFIC.MAIL, this.#run!.envfrom(from), 'message');
       }
       case 'rcpt': {
         const msg = this.#msg!;
         const rcpt: EnvelopeAddress = { address: cmd.args[0] ?? '', args: cmd.args.slice(1) };
         if (msg.done) return this.#reply(SMFIC.RCPT, { type: 'continue' });
-        const o = run.envrcpt(rcpt);
+        const o = this.#run!.envrcpt(rcpt);
         const keep = (v: Outcome): Outcome => {
           // REJECT/TEMPFAIL at RCPT refuse this recipient only.
           if (v.type === 'continue' || v.type === 'accept') msg.rcpts.push(rcpt);
@@ -384,7 +415,7 @@ export class Session {
       }
       case 'data':
         if (this.#msg!.done) return this.#reply(SMFIC.DATA, { type: 'continue' });
-        return this.#reply(SMFIC.DATA, run.data(), 'message');
+        return this.#reply(SMFIC.DATA, this.#run!.data(), 'message');
       case 'header': {
         const msg = this.#msg!;
         if (!msg.done) {
@@ -467,11 +498,12 @@ export class Session {
   #optneg(cmd: Extract<MilterCommand, { kind: 'optneg' }>): Promise<void> | undefined {
     if (IN_MESSAGE.has(this.#state)) return this.#outOfOrder(cmd);
     const start = (): void => {
-      const chain = this.#opts.chain();
+      const chain = this.#opts.chains.acquire();
       let neg: Negotiated;
       try {
         neg = negotiate(cmd, chain.needs);
       } catch (err) {
+        this.#opts.chains.release(chain);
         this.#fatal(err);
         return;
       }
@@ -521,7 +553,7 @@ export class Session {
 
   /** QUIT_NC: this SMTP connection is over; a CONNECT for a new one follows, no OPTNEG. */
   async #quitNc(): Promise<void> {
-    await this.#endConnection();
+    await this.#endConnection(true);
     this.#macros.clearAll();
     this.#conn = EMPTY_CONN;
     this.#run = this.#newRun(this.#chain!, this.#neg!);

@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { once } from 'node:events';
 import { defineFilter } from '../../src/chain/define.ts';
 import { Chain } from '../../src/chain/chain.ts';
+import { ChainHolder } from '../../src/chain/holder.ts';
 import { MilterServer } from '../../src/server/server.ts';
 import { Session, type Transport } from '../../src/session/session.ts';
 import { encodeCommand } from '../../src/protocol/encoder.ts';
@@ -105,7 +106,7 @@ test('backpressure: while a filter works, reading pauses above the high-water ma
     once: () => undefined,
   };
   const session = new Session('t', transport, {
-    chain: () => chain,
+    chains: new ChainHolder(chain),
     logger: silentLogger(),
     maxFrameSize: 1 << 20,
     bodyStore: { memoryLimit: 1 << 20 },
