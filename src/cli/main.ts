@@ -11,6 +11,7 @@ import { fileURLToPath } from 'node:url';
 import type { Config } from '../config/schema.ts';
 import { startDaemon } from '../daemon.ts';
 import { check } from './check.ts';
+import { pluginCommand } from './plugin.ts';
 
 /** The configuration used without --config: defaults plus the example plugins. */
 export const DEFAULT_CONFIG_FILE = fileURLToPath(new URL('../../config/default.yaml', import.meta.url));
@@ -61,6 +62,7 @@ export function buildCli(): Command {
     .action(async (opts: { config?: string }) => {
       process.stdout.write(`${await check(opts.config ?? DEFAULT_CONFIG_FILE)}\n`);
     });
+  program.addCommand(pluginCommand());
   return program;
 }
 
