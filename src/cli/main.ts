@@ -12,6 +12,7 @@ import type { Config } from '../config/schema.ts';
 import { startDaemon } from '../daemon.ts';
 import { check } from './check.ts';
 import { pluginCommand } from './plugin.ts';
+import { testCommand } from './test-message.ts';
 
 /** The configuration used without --config: defaults plus the example plugins. */
 export const DEFAULT_CONFIG_FILE = fileURLToPath(new URL('../../config/default.yaml', import.meta.url));
@@ -62,6 +63,7 @@ export function buildCli(): Command {
     .action(async (opts: { config?: string }) => {
       process.stdout.write(`${await check(opts.config ?? DEFAULT_CONFIG_FILE)}\n`);
     });
+  program.addCommand(testCommand(DEFAULT_CONFIG_FILE));
   program.addCommand(pluginCommand());
   return program;
 }
