@@ -10,6 +10,7 @@ import { MilterServer } from './server/server.ts';
 import type { ChainEntry } from './chain/filter.ts';
 import { resolve } from 'node:path';
 import { loadChain, loadSdkRuntime } from './plugins/load.ts';
+import { Reloader } from './reload/reloader.ts';
 
 /** A running daemon. */
 export interface Daemon {
@@ -17,6 +18,8 @@ export interface Daemon {
   readonly logger: Logger;
   /** Resolves when the daemon has stopped (after a signal or `stop`). */
   readonly stopped: Promise<void>;
+  /** Present when the daemon was started from a configuration file. */
+  readonly reloader: Reloader | undefined;
   stop(deadlineMs?: number): Promise<void>;
 }
 
@@ -40,6 +43,8 @@ export function serverOptions(config: Config, chain: readonly ChainEntry[], logg
 /** Where the configuration came from: relative plugin paths start there. */
 export interface DaemonOptions {
   readonly baseDir: string;
+  /** The configuration file: reloads read it again. Without it there is no reload. */
+  readonly configFile?: string;
   readonly signals?: boolean;
 }
 
@@ -61,6 +66,11 @@ export async function startDaemon(config: Config, options: DaemonOptions): Promi
     await Promise.all(plugins.map((p) => p.supervisor.stop()));
     throw err;
   }
+  const reloader =
+    options.configFile === undefined
+      ? undefined
+      : new Reloader({ configFile: options.configFile, config, plugins, server, sdk, logger });
+  if (reloader !== undefined && config.reload.watch) reloader.watch(config.reload.debounceMs);
   let resolveStopped!: () => void;
   const stopped = new Promise<void>((r) => (resolveStopped = r));
   let stopping: Promise<void> | undefined;
@@ -68,7 +78,10 @@ export async function startDaemon(config: Config, options: DaemonOptions): Promi
     // Plugins stop after the last connection: messages in progress still need them.
     stopping ??= server
       .stop({ deadlineMs })
-      .then(() => Promise.all(plugins.map((p) => p.supervisor.stop())))
+      .then(async () => {
+        if (reloader !== undefined) await reloader.close();
+        else await Promise.all(plugins.map((p) => p.supervisor.stop()));
+      })
       .then(resolveStopped);
     return stopping;
   };
@@ -86,12 +99,16 @@ export async function startDaemon(config: Config, options: DaemonOptions): Promi
     };
     process.on('SIGTERM', onSignal);
     process.on('SIGINT', onSignal);
-    // SIGHUP's default action would kill the daemon: keep it alive until reload exists.
-    process.on('SIGHUP', () => logger.warn('SIGHUP received: configuration reload is not supported yet; ignored'));
+    const onHup = (): void => {
+      if (reloader === undefined) logger.warn('SIGHUP: no configuration file to reload');
+      else void reloader.reload('SIGHUP');
+    };
+    process.on('SIGHUP', onHup);
     void stopped.then(() => {
       process.off('SIGTERM', onSignal);
       process.off('SIGINT', onSignal);
+      process.off('SIGHUP', onHup);
     });
   }
-  return { server, logger, stopped, stop };
+  return { server, logger, stopped, stop, reloader };
 }

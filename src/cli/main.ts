@@ -51,7 +51,7 @@ export function buildCli(): Command {
         if (opts.logLevel !== undefined) raw.log.level = opts.logLevel;
         config = fromObject(raw, file);
       }
-      const daemon = await startDaemon(config, { baseDir: dirname(resolve(file)) });
+      const daemon = await startDaemon(config, { baseDir: dirname(resolve(file)), configFile: resolve(file) });
       await daemon.stopped;
     });
   program

@@ -125,6 +125,16 @@ export const ConfigSchema = Type.Object(
         description: 'The plugins, in order: envelope phases stop at the first that rejects; at end of message each sees the edits of those before it.',
       },
     ),
+    reload: Type.Object(
+      {
+        watch: Type.Boolean({
+          default: true,
+          description: 'Watch the configuration file and every plugin\'s files, and reload the chain when they change (SIGHUP always reloads).',
+        }),
+        debounceMs: Type.Integer({ minimum: 0, maximum: 10000, default: 50, description: 'Wait this long after the last change before reloading.' }),
+      },
+      { additionalProperties: false, default: {} },
+    ),
     filters: Type.Object(
       {
         onError: StringEnum(POLICIES, {

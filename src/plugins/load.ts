@@ -4,7 +4,9 @@
  * and wrap it as a chain Filter. Every failure names the plugin and says what to fix.
  * @module
  */
+import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Ajv } from 'ajv';
 import { MilterdError } from '../errors.ts';
@@ -67,6 +69,8 @@ export interface LoadedPlugin {
   readonly files: readonly string[];
   /** Capabilities the plugin asked for and got. */
   readonly granted: readonly Capability[];
+  /** See PreparedPlugin.key. */
+  readonly key: string;
 }
 
 /** Where plugins come from. */
@@ -81,15 +85,35 @@ export interface LoadContext {
   readonly onError: FailurePolicy;
 }
 
-/** Loads one plugin. Stops its sandbox again if anything after starting it fails. */
-export async function loadPlugin(cfg: PluginEntryConfig, ctx: LoadContext): Promise<LoadedPlugin> {
+/** A plugin resolved, checked and bundled, not started yet. */
+export interface PreparedPlugin {
+  readonly manifest: PluginManifest;
+  readonly bundle: { readonly code: string; readonly warnings: readonly string[]; readonly files: readonly string[] };
+  /**
+   * Identity of what would run: the bundle's hash and the entry's settings. Two entries with the
+   * same key run the same thing, so a reload keeps the running sandbox instead of replacing it.
+   */
+  readonly key: string;
+}
+
+/** Resolves, checks and bundles a plugin without starting it (cheap: no process). */
+export async function preparePlugin(cfg: PluginEntryConfig, ctx: LoadContext): Promise<PreparedPlugin> {
   const dir = await resolvePlugin(cfg.plugin, { baseDir: ctx.baseDir, ...(ctx.pluginDir === undefined ? {} : { pluginDir: ctx.pluginDir }) });
   const manifest = await readManifest(dir);
   checkSdkCompatibility(manifest, ctx.sdk.version);
   const bundle = await bundlePlugin(manifest);
+  if (manifest.optionsSchema !== undefined) checkOptions(manifest, cfg.options ?? {});
+  const hash = createHash('sha256').update(bundle.code).update('\0').update(ctx.sdk.code).digest('hex');
+  const { enabled: _enabled, ...settings } = cfg;
+  const key = `${hash}\0${JSON.stringify({ ...settings, dir, onError: cfg.onError ?? ctx.onError })}`;
+  return { manifest, bundle, key };
+}
+
+/** Loads one plugin. Stops its sandbox again if anything after starting it fails. */
+export async function loadPlugin(cfg: PluginEntryConfig, ctx: LoadContext, prepared?: PreparedPlugin): Promise<LoadedPlugin> {
+  const { manifest, bundle, key } = prepared ?? (await preparePlugin(cfg, ctx));
   for (const w of bundle.warnings) ctx.logger.warn({ plugin: manifest.name }, `bundling: ${w}`);
 
-  if (manifest.optionsSchema !== undefined) checkOptions(manifest, cfg.options ?? {});
   const granted = new Set(cfg.capabilities ?? []);
   const asked = manifest.capabilities;
   const missing = asked.filter((c) => !granted.has(c));
@@ -168,7 +192,7 @@ export async function loadPlugin(cfg: PluginEntryConfig, ctx: LoadContext): Prom
     { plugin: manifest.name, version: manifest.version, hooks: description.hooks, actions: manifest.actions, capabilities },
     `plugin ${manifest.name}@${manifest.version} loaded`,
   );
-  return { manifest, supervisor, entry, files: bundle.files, granted: capabilities };
+  return { manifest, supervisor, entry, files: [...bundle.files, join(manifest.dir, 'package.json')], granted: capabilities, key };
 }
 
 const ajv = new Ajv({ allErrors: true, strict: false });

@@ -19,6 +19,7 @@ const DEFAULTS = {
   limits: { maxFrameBytes: 1048576, bodyMemoryBytes: 1048576, highWaterMarkBytes: 1048576 },
   timeouts: { progressIntervalMs: 10000, idleMs: 7210000, shutdownMs: 30000 },
   chain: [],
+  reload: { watch: true, debounceMs: 50 },
   filters: { onError: 'tempfail', timeoutMs: 10000, messageBudgetMs: 60000 },
 };
 
@@ -93,6 +94,7 @@ describe('parseConfig', () => {
       limits: { maxFrameBytes: 1048576, bodyMemoryBytes: 0, highWaterMarkBytes: 1048576 },
       timeouts: DEFAULTS.timeouts,
       chain: [],
+      reload: DEFAULTS.reload,
       filters: { onError: 'continue', timeoutMs: 2500, messageBudgetMs: 60000 },
     });
     isDeepFrozen(c);
