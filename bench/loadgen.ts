@@ -7,7 +7,8 @@
  *
  * Every message is validated: the verdict must be continue or accept, and with `--expect
  * inspect` the only modification must be the `X-Inspect` header with the exact counts and byte
- * sum of what was sent. Anything else (timeouts, closed connections, protocol violations,
+ * sum of what was sent (`--expect inspect+stamp`: that, then `X-Stamp: qid <the message's queue
+ * id macro>`). Anything else (timeouts, closed connections, protocol violations,
  * unexpected replies) is counted as an error.
  *
  * Runs as its own process (bench/run.ts spawns it) so the server under test keeps the other
@@ -16,7 +17,7 @@
  *
  *   node bench/loadgen.ts --address inet:PORT@127.0.0.1 [--concurrency 32] [--messages 5]
  *     [--headers 10] [--body 2048] [--rcpts 2] [--warmup 2] [--duration 6 | --sessions N]
- *     [--expect none|inspect] [--timeout 30000] [--json]
+ *     [--expect none|inspect|inspect+stamp] [--timeout 30000] [--json]
  * @module
  */
 import { performance } from 'node:perf_hooks';
@@ -45,11 +46,18 @@ export interface LoadOptions {
   readonly durationS: number;
   /** Run exactly this many sessions instead of a timed run (no warm-up). */
   readonly sessions: number | undefined;
-  /** What the filter must add: nothing, or the inspect filter's X-Inspect header. */
-  readonly expect: 'none' | 'inspect';
+  /**
+   * What the filter must add: nothing, the inspect filter's X-Inspect header, or X-Inspect then
+   * header-stamp's `X-Stamp: qid <queue id>` (the plugin chains of bench/server.ts).
+   */
+  readonly expect: Expect;
   /** Bound of every wait, in ms. */
   readonly timeoutMs: number;
 }
+
+/** What the filter under test must add to every message. */
+export type Expect = 'none' | 'inspect' | 'inspect+stamp';
+const EXPECTS: readonly Expect[] = ['none', 'inspect', 'inspect+stamp'];
 
 /** Latency percentiles of one message (MAIL sent to EOM verdict received), in ms. */
 export interface LatencySummary {
@@ -282,13 +290,17 @@ export async function runLoad(options: LoadOptions, onPhase?: (phase: 'measure' 
         }
         const mods = r.eom.modifications;
         // With SMFIP_HDR_LEADSPC the MTA adds no space after the colon: the filter must send it.
-        const want = (client.protocol & SMFIP.HDR_LEADSPC) !== 0 ? ` ${expectValue}` : expectValue;
+        const lead = (client.protocol & SMFIP.HDR_LEADSPC) !== 0 ? ' ' : '';
+        const wanted: Array<[string, string]> =
+          o.expect === 'none' ? [] : o.expect === 'inspect' ? [['X-Inspect', expectValue]] : [['X-Inspect', expectValue], ['X-Stamp', `qid ${qid}`]];
         const okMods =
-          o.expect === 'none'
-            ? mods.length === 0
-            : mods.length === 1 && mods[0]?.kind === 'addheader' && mods[0].name === 'X-Inspect' && mods[0].value === want;
+          mods.length === wanted.length &&
+          wanted.every(([n, v], i) => {
+            const m = mods[i];
+            return m?.kind === 'addheader' && m.name === n && m.value === `${lead}${v}`;
+          });
         if (!okMods) {
-          error('bad-modifications', `expected ${o.expect === 'none' ? 'none' : `X-Inspect: ${expectValue}`}, got ${JSON.stringify(mods)}`);
+          error('bad-modifications', `expected ${JSON.stringify(wanted)}, got ${JSON.stringify(mods)}`);
           continue;
         }
         if (measuring && t1 >= measureStart && t1 <= measureEnd) {
@@ -368,8 +380,8 @@ export function parseLoadArgs(argv: readonly string[]): LoadOptions & { json: bo
     if (!Number.isFinite(n) || n < min) throw new Error(`--${name} must be a number >= ${min}, got ${v}`);
     return n;
   };
-  const expect = values.expect ?? DEFAULTS.expect;
-  if (expect !== 'none' && expect !== 'inspect') throw new Error(`--expect must be none or inspect, got ${expect}`);
+  const expect = (values.expect ?? DEFAULTS.expect) as Expect;
+  if (!EXPECTS.includes(expect)) throw new Error(`--expect must be one of ${EXPECTS.join(', ')}, got ${expect}`);
   return {
     address: values.address,
     concurrency: num(values.concurrency, DEFAULTS.concurrency, 'concurrency', 1),
