@@ -8,7 +8,7 @@
  */
 
 /** Where an error comes from. */
-export type ErrorArea = 'protocol' | 'session' | 'filter' | 'content' | 'server' | 'config' | 'plugin';
+export type ErrorArea = 'protocol' | 'session' | 'filter' | 'content' | 'server' | 'config' | 'plugin' | 'cli';
 
 interface ErrorDef {
   readonly area: ErrorArea;
@@ -173,6 +173,10 @@ export const ERRORS = {
     area: 'plugin',
     summary: 'A plugin kept failing and its circuit breaker is open: it is switched off (calls get the failure policy at once) until a retry succeeds.',
   },
+  MILTERD_PLUGIN_INSTALL: {
+    area: 'plugin',
+    summary: 'npm could not install or remove a plugin package (milterd plugin add/remove); nothing was changed.',
+  },
   MILTERD_PLUGIN_OUTPUT: {
     area: 'plugin',
     summary: 'A plugin returned more data than allowed (too many modifications, a header or body too large).',
@@ -186,6 +190,12 @@ export const ERRORS = {
   MILTERD_CONFIG_INVALID: {
     area: 'config',
     summary: 'The configuration does not match its schema; the message names the file, key path and what was expected.',
+  },
+
+  // --- cli ---------------------------------------------------------------------------------
+  MILTERD_CLI_MESSAGE: {
+    area: 'cli',
+    summary: 'The message file given to milterd test could not be read or is not a message.',
   },
 } as const satisfies Record<string, ErrorDef>;
 

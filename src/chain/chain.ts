@@ -33,7 +33,8 @@ import type {
   MacroStage,
   Verdict,
 } from './filter.ts';
-import { MessageEditor, type MessageSnapshot } from './message.ts';
+import { diffToActions, MessageEditor, type MessageSnapshot } from './message.ts';
+import type { MilterReply } from '../protocol/types.ts';
 
 /** Phases a filter can have a hook for. */
 export type Phase = 'connect' | 'helo' | 'envfrom' | 'envrcpt' | 'data' | 'unknown' | 'eom';
@@ -81,6 +82,7 @@ interface CompiledEntry {
   readonly timeoutMs: number;
   readonly messageBudgetMs: number;
   readonly actions: ReadonlySet<FilterAction>;
+  readonly shadow: boolean;
 }
 
 const ENVELOPE_PHASES: readonly Phase[] = ['connect', 'helo', 'envfrom', 'envrcpt', 'data', 'unknown', 'eom'];
@@ -89,6 +91,15 @@ const ENVELOPE_PHASES: readonly Phase[] = ['connect', 'helo', 'envfrom', 'envrcp
 export class Chain {
   readonly entries: readonly CompiledEntry[];
   readonly needs: ChainNeeds;
+  /** Verdicts of shadow filters, by filter then verdict (continue, accept, reject, ..., error). */
+  readonly shadowCounts = new Map<string, Record<string, number>>();
+
+  /** Counts one verdict of a shadow filter. */
+  countShadow(filter: string, verdict: string): void {
+    let c = this.shadowCounts.get(filter);
+    if (c === undefined) this.shadowCounts.set(filter, (c = {}));
+    c[verdict] = (c[verdict] ?? 0) + 1;
+  }
 
   constructor(entries: readonly ChainEntry[], defaults: ChainDefaults = DEFAULT_CHAIN_DEFAULTS) {
     const names = new Set<string>();
@@ -104,6 +115,7 @@ export class Chain {
         timeoutMs: e.timeoutMs ?? defaults.timeoutMs,
         messageBudgetMs: e.messageBudgetMs ?? defaults.messageBudgetMs,
         actions: new Set(e.filter.actions ?? []),
+        shadow: e.shadow === true,
       };
     });
     const hooks = new Set<Phase>();
@@ -271,6 +283,7 @@ export class ChainRun {
 
   /** Applies a decision to the slot; returns an Outcome when the chain stops here. */
   #after(slot: Slot, phase: Phase, scope: Scope, d: Decision): Outcome | undefined {
+    if (slot.entry.shadow) return this.#shadow(slot, phase, scope, d);
     let v: Outcome;
     if (d.ok) v = d.verdict;
     else {
@@ -305,6 +318,34 @@ export class ChainRun {
       default:
         return v;
     }
+  }
+
+  /**
+   * Shadow (evaluation) mode: the filter runs and what it decides is logged and counted, but
+   * never applied. It leaves the message when it would have (accept), or when it fails.
+   */
+  #shadow(slot: Slot, phase: Phase, scope: Scope, d: Decision, edits?: readonly MilterReply[]): undefined {
+    const verdict = d.ok ? d.verdict.type : 'error';
+    this.chain.countShadow(slot.entry.name, verdict);
+    if (!d.ok || d.verdict.type === 'accept') {
+      if (scope === 'connection') slot.connOut = true;
+      else slot.msgOut = true;
+    }
+    if (verdict !== 'continue' || (edits !== undefined && edits.length > 0)) {
+      this.#env.log().info(
+        {
+          filter: slot.entry.name,
+          hook: phase,
+          shadow: true,
+          verdict,
+          ...(d.ok && 'reply' in d.verdict && d.verdict.reply ? { reply: d.verdict.reply } : {}),
+          ...(d.ok ? {} : { code: d.error.code, err: d.error.message }),
+          ...(edits !== undefined && edits.length > 0 ? { edits: edits.map(describeEdit) } : {}),
+        },
+        `shadow: ${slot.entry.name} would ${verdict === 'error' ? 'fail' : verdict} in ${phase}${edits?.length ? ` with ${edits.length} edit(s)` : ''}`,
+      );
+    }
+    return undefined;
   }
 
   #logFailure(slot: Slot, phase: Phase, err: MilterdError): void {
@@ -378,6 +419,17 @@ export class ChainRun {
       const view = new EomView(editor);
       const d = await this.#call(slot, 'eom', () => hook.call(slot.entry.filter, slot, view));
       editor.closed = true;
+      if (slot.entry.shadow) {
+        // Compute what it would have changed, log it, and drop it.
+        let edits: MilterReply[] = [];
+        if (d.ok) {
+          const would = commit(editor, current, this.#env.bodyStore, created);
+          edits = diffToActions(current, would, { leadingSpace: false });
+          if (would.body !== current.body) edits.push({ kind: 'replbody', chunk: new Uint8Array(0) });
+        }
+        this.#shadow(slot, 'eom', 'message', d, edits);
+        continue;
+      }
       if (!d.ok) {
         this.#logFailure(slot, 'eom', d.error);
         switch (slot.entry.onError) {
@@ -559,5 +611,29 @@ class EomView implements EomMessage {
   }
   quarantine(reason: string): void {
     this.#ed.setQuarantine(reason);
+  }
+}
+
+/** One edit, short, for a log line. */
+function describeEdit(a: MilterReply): string {
+  switch (a.kind) {
+    case 'addheader':
+      return `add header ${a.name}: ${a.value.slice(0, 80)}`;
+    case 'insheader':
+      return `insert header ${a.name} at ${a.index}: ${a.value.slice(0, 80)}`;
+    case 'chgheader':
+      return a.value === '' ? `delete header ${a.name} #${a.index}` : `change header ${a.name} #${a.index}: ${a.value.slice(0, 80)}`;
+    case 'addrcpt':
+      return `add recipient ${a.rcpt}${a.args ? ` ${a.args}` : ''}`;
+    case 'delrcpt':
+      return `delete recipient ${a.rcpt}`;
+    case 'chgfrom':
+      return `change sender to ${a.from}${a.args ? ` ${a.args}` : ''}`;
+    case 'replbody':
+      return 'replace body';
+    case 'quarantine':
+      return `quarantine: ${a.reason}`;
+    default:
+      return a.kind;
   }
 }

@@ -168,4 +168,6 @@ export interface ChainEntry {
   readonly timeoutMs?: number;
   /** Time budget of all hook calls of one message, in ms. Default 60 000. */
   readonly messageBudgetMs?: number;
+  /** Evaluation mode: run it, log and count its verdicts and edits, apply none of them. */
+  readonly shadow?: boolean;
 }

@@ -5,6 +5,7 @@
  * of the message; or, with --json, the TestResult as JSON.
  * @module
  */
+import { MilterdError } from '../errors.ts';
 import { Command, InvalidArgumentError } from 'commander';
 import { readFile } from 'node:fs/promises';
 import { Writable } from 'node:stream';
@@ -28,16 +29,11 @@ import {
   type RawHeader,
 } from './format.ts';
 
-/**
- * The message file could not be read or parsed. Printed as `milterd: CODE: message`; the code
- * is the system's (ENOENT, EACCES, EISDIR...) or MILTERD_CLI_MESSAGE for an unparsable file.
- */
-export class MessageFileError extends Error {
-  readonly code: string;
-  constructor(code: string, message: string, options?: { cause?: unknown }) {
-    super(message, options);
+/** The message file could not be read or parsed (MILTERD_CLI_MESSAGE). */
+export class MessageFileError extends MilterdError {
+  constructor(code: 'MILTERD_CLI_MESSAGE', message: string, options?: { cause?: unknown }) {
+    super(code, message, options);
     this.name = 'MessageFileError';
-    this.code = code;
   }
 }
 
@@ -394,9 +390,6 @@ export function testCommand(defaultConfig: string): Command {
         const report = await runTest(file, { ...o, config: o.config ?? defaultConfig });
         process.stdout.write(`${o.json ? reportJson(report) : reportText(report, wantColor(process.stdout, process.env))}\n`);
       } catch (err) {
-        // A plugin whose sandbox failed to start is not stopped by loadPlugin and restarts
-        // forever, which would keep this process alive after the error: end it soon after.
-        setTimeout(() => process.exit(), 1000).unref();
         if (!(err instanceof MessageFileError)) throw err;
         process.stderr.write(`milterd: ${err.code}: ${err.message}\n`);
         process.exitCode = 1;

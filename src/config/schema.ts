@@ -89,6 +89,10 @@ export const ConfigSchema = Type.Object(
             description: 'npm package name (looked up in pluginDir, then from this file), or a folder path starting with ./, ../ or /.',
           }),
           enabled: Type.Boolean({ default: true, description: 'false keeps the entry in the file but out of the chain.' }),
+          shadow: Type.Boolean({
+            default: false,
+            description: 'Evaluation mode: the plugin runs and its verdicts and edits are logged and counted, but none is applied.',
+          }),
           onError: Type.Optional(StringEnum(POLICIES, { description: 'Failure policy of this plugin; default filters.onError.' })),
           capabilities: Type.Array(StringEnum(['log', 'kv', 'dns', 'clock']), {
             uniqueItems: true,

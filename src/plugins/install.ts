@@ -156,7 +156,7 @@ const NPM_FLAGS = ['--ignore-scripts', '--no-audit', '--no-fund', '--no-update-n
 
 const NPM_TIMEOUT_MS = 10 * 60_000;
 
-/** Runs npm; resolves with its output, rejects with MILTERD_PLUGIN_NOT_FOUND and npm's own error lines. */
+/** Runs npm; resolves with its output, rejects with MILTERD_PLUGIN_INSTALL and npm's own error lines. */
 async function npm(args: readonly string[], what: string, plugin: string): Promise<string> {
   const cmd = npmCommand();
   return new Promise((resolvePromise, reject) => {
@@ -165,7 +165,7 @@ async function npm(args: readonly string[], what: string, plugin: string): Promi
     child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
     child.stderr.setEncoding('utf8').on('data', (d: string) => (out += d));
     child.on('error', (err) => {
-      reject(new MilterdError('MILTERD_PLUGIN_NOT_FOUND', `${what}: cannot run ${cmd}: ${err.message} (set MILTERD_NPM to the npm command)`, { details: { plugin } }));
+      reject(new MilterdError('MILTERD_PLUGIN_INSTALL', `${what}: cannot run ${cmd}: ${err.message} (set MILTERD_NPM to the npm command)`, { details: { plugin } }));
     });
     child.on('close', (code, signal) => {
       if (code === 0) return resolvePromise(out);
@@ -175,7 +175,7 @@ async function npm(args: readonly string[], what: string, plugin: string): Promi
         .slice(-15);
       const how = signal === null ? `exit code ${code}` : `killed by ${signal}${signal === 'SIGTERM' ? ` after ${NPM_TIMEOUT_MS / 1000} s` : ''}`;
       reject(
-        new MilterdError('MILTERD_PLUGIN_NOT_FOUND', `${what}: ${cmd} ${args.join(' ')} failed (${how}):\n${lines.map((l) => `  ${l}`).join('\n')}`, {
+        new MilterdError('MILTERD_PLUGIN_INSTALL', `${what}: ${cmd} ${args.join(' ')} failed (${how}):\n${lines.map((l) => `  ${l}`).join('\n')}`, {
           details: { plugin, npm: lines },
         }),
       );

@@ -25,6 +25,8 @@ export interface PluginEntryConfig {
   /** npm package name, or a folder path (relative to the configuration file). */
   readonly plugin: string;
   readonly enabled?: boolean;
+  /** Evaluation mode: verdicts and edits logged and counted, not applied. */
+  readonly shadow?: boolean;
   readonly onError?: FailurePolicy;
   /** Host services granted to the plugin. */
   readonly capabilities?: readonly Capability[];
@@ -187,6 +189,7 @@ export async function loadPlugin(cfg: PluginEntryConfig, ctx: LoadContext, prepa
     // The sandbox enforces wallMs itself; the chain's timer is the last line behind it.
     timeoutMs: limits.wallMs + 2000,
     messageBudgetMs: limits.messageMs,
+    ...(cfg.shadow === true ? { shadow: true } : {}),
   };
   ctx.logger.info(
     { plugin: manifest.name, version: manifest.version, hooks: description.hooks, actions: manifest.actions, capabilities },

@@ -112,7 +112,13 @@ export class Supervisor {
   /** Starts the sandbox and loads the plugin; rejects with MILTERD_PLUGIN_LOAD if it fails. */
   async start(): Promise<WireDescription> {
     this.#ready = this.#spawn();
-    this.description = await this.#ready;
+    try {
+      this.description = await this.#ready;
+    } catch (err) {
+      // A plugin that cannot load is not restarted: stop, so nothing keeps the process alive.
+      await this.stop();
+      throw err;
+    }
     return this.description;
   }
 

@@ -254,8 +254,8 @@ describe('chain entries', () => {
   it('fill their defaults and keep their order', () => {
     const c = parseConfig('chain:\n  - plugin: ./a\n  - plugin: "@acme/b"\n    capabilities: [kv, log]\n    poolSize: 4\n    limits: { wallMs: 300 }\n    options: { x: 1 }\n', FILE);
     assert.deepEqual(c.chain, [
-      { plugin: './a', enabled: true, capabilities: [], poolSize: 2 },
-      { plugin: '@acme/b', enabled: true, capabilities: ['kv', 'log'], poolSize: 4, limits: { wallMs: 300 }, options: { x: 1 } },
+      { plugin: './a', enabled: true, shadow: false, capabilities: [], poolSize: 2 },
+      { plugin: '@acme/b', enabled: true, shadow: false, capabilities: ['kv', 'log'], poolSize: 4, limits: { wallMs: 300 }, options: { x: 1 } },
     ]);
   });
 
