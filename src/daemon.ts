@@ -46,11 +46,13 @@ export interface DaemonOptions {
   /** The configuration file: reloads read it again. Without it there is no reload. */
   readonly configFile?: string;
   readonly signals?: boolean;
+  /** Human-friendly log lines (milterd dev). */
+  readonly pretty?: boolean;
 }
 
 /** Starts the daemon: loads the plugins of the chain, listens, installs signal handlers. */
 export async function startDaemon(config: Config, options: DaemonOptions): Promise<Daemon> {
-  const logger = createLogger(config.log);
+  const logger = createLogger({ ...config.log, ...(options.pretty ? { pretty: true } : {}) });
   const sdk = await loadSdkRuntime();
   const plugins = await loadChain(config.chain, {
     baseDir: options.baseDir,

@@ -5,6 +5,7 @@
  * @module
  */
 import { pino, type Logger, type LevelWithSilent } from 'pino';
+import pretty from 'pino-pretty';
 
 export type { Logger } from 'pino';
 
@@ -13,10 +14,18 @@ export interface LogOptions {
   readonly level: LevelWithSilent;
   /** A file to append to; default standard output. */
   readonly file?: string;
+  /** Human-friendly lines (pino-pretty) instead of JSON, for `milterd dev`. */
+  readonly pretty?: boolean;
 }
 
 /** The process logger. Errors are serialised with their stable `code`. */
 export function createLogger(options: LogOptions): Logger {
+  if (options.pretty === true) {
+    return pino(
+      { level: options.level, base: null, serializers: { err: pino.stdSerializers.err } },
+      pretty({ colorize: process.stdout.isTTY === true && !process.env.NO_COLOR, translateTime: 'HH:MM:ss.l', ignore: 'pid,hostname', singleLine: true, sync: true }),
+    );
+  }
   return pino(
     {
       level: options.level,

@@ -33,7 +33,7 @@ import type {
   MacroStage,
   Verdict,
 } from './filter.ts';
-import { diffToActions, MessageEditor, type MessageSnapshot } from './message.ts';
+import { describeEdit, diffToActions, MessageEditor, type MessageSnapshot } from './message.ts';
 import type { MilterReply } from '../protocol/types.ts';
 
 /** Phases a filter can have a hook for. */
@@ -614,26 +614,3 @@ class EomView implements EomMessage {
   }
 }
 
-/** One edit, short, for a log line. */
-function describeEdit(a: MilterReply): string {
-  switch (a.kind) {
-    case 'addheader':
-      return `add header ${a.name}: ${a.value.slice(0, 80)}`;
-    case 'insheader':
-      return `insert header ${a.name} at ${a.index}: ${a.value.slice(0, 80)}`;
-    case 'chgheader':
-      return a.value === '' ? `delete header ${a.name} #${a.index}` : `change header ${a.name} #${a.index}: ${a.value.slice(0, 80)}`;
-    case 'addrcpt':
-      return `add recipient ${a.rcpt}${a.args ? ` ${a.args}` : ''}`;
-    case 'delrcpt':
-      return `delete recipient ${a.rcpt}`;
-    case 'chgfrom':
-      return `change sender to ${a.from}${a.args ? ` ${a.args}` : ''}`;
-    case 'replbody':
-      return 'replace body';
-    case 'quarantine':
-      return `quarantine: ${a.reason}`;
-    default:
-      return a.kind;
-  }
-}

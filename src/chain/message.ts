@@ -313,3 +313,27 @@ export function diffToActions(orig: MessageSnapshot, final: MessageSnapshot, opt
   }
   return out;
 }
+
+/** One edit, short, for a log line. */
+export function describeEdit(a: MilterReply): string {
+  switch (a.kind) {
+    case 'addheader':
+      return `add header ${a.name}: ${a.value.trimStart().slice(0, 80)}`;
+    case 'insheader':
+      return `insert header ${a.name} at ${a.index}: ${a.value.trimStart().slice(0, 80)}`;
+    case 'chgheader':
+      return a.value === '' ? `delete header ${a.name} #${a.index}` : `change header ${a.name} #${a.index}: ${a.value.trimStart().slice(0, 80)}`;
+    case 'addrcpt':
+      return `add recipient ${a.rcpt}${a.args ? ` ${a.args}` : ''}`;
+    case 'delrcpt':
+      return `delete recipient ${a.rcpt}`;
+    case 'chgfrom':
+      return `change sender to ${a.from}${a.args ? ` ${a.args}` : ''}`;
+    case 'replbody':
+      return 'replace body';
+    case 'quarantine':
+      return `quarantine: ${a.reason}`;
+    default:
+      return a.kind;
+  }
+}

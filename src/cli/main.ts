@@ -11,6 +11,7 @@ import { fileURLToPath } from 'node:url';
 import type { Config } from '../config/schema.ts';
 import { startDaemon } from '../daemon.ts';
 import { check } from './check.ts';
+import { devCommand } from './dev.ts';
 import { pluginCommand } from './plugin.ts';
 import { testCommand } from './test-message.ts';
 
@@ -65,6 +66,7 @@ export function buildCli(): Command {
     });
   program.addCommand(testCommand(DEFAULT_CONFIG_FILE));
   program.addCommand(pluginCommand());
+  program.addCommand(devCommand());
   return program;
 }
 

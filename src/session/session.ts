@@ -38,7 +38,7 @@ import type { Chain, Outcome } from '../chain/chain.ts';
 import { ChainRun } from '../chain/chain.ts';
 import { BodyStore, type BodyStoreOptions } from '../chain/content.ts';
 import type { ConnectionInfo, EnvelopeAddress, FilterAction } from '../chain/filter.ts';
-import { diffToActions, headerValue, type MessageSnapshot, type WorkHeader } from '../chain/message.ts';
+import { describeEdit, diffToActions, headerValue, type MessageSnapshot, type WorkHeader } from '../chain/message.ts';
 import { MACRO_STAGES, MacroStore } from './macros.ts';
 import { fits, negotiate, type Negotiated } from './negotiate.ts';
 import type { ChainHolder } from '../chain/holder.ts';
@@ -613,7 +613,8 @@ export class Session {
       } else {
         const final = outcome.final;
         const lead = (this.#neg!.protocol & SMFIP.HDR_LEADSPC) !== 0;
-        for (const a of diffToActions(base, final, { leadingSpace: lead })) this.#send(encodeReply(a));
+        const actions = diffToActions(base, final, { leadingSpace: lead });
+        for (const a of actions) this.#send(encodeReply(a));
         if (final.body !== base.body) {
           replacedBody = final.body;
           if (!(await final.body.equals(base.body))) {
@@ -623,7 +624,13 @@ export class Session {
           }
         }
         this.#send(PACKET_ACCEPT);
-        this.#logger().debug({ verdict: 'accept', command: 'E' }, 'end of message: accept');
+        const log = this.#logger();
+        if (log.isLevelEnabled('debug')) {
+          // Built only when someone reads it (milterd dev, debug level): not on the hot path.
+          const edits = actions.map(describeEdit);
+          if (replacedBody !== undefined) edits.push('replace body');
+          log.debug({ verdict: 'accept', command: 'E', edits }, `end of message: accept${edits.length ? `, ${edits.length} edit(s)` : ''}`);
+        }
       }
     } finally {
       if (timer !== undefined) clearInterval(timer);
