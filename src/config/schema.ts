@@ -151,6 +151,31 @@ export const ConfigSchema = Type.Object(
       },
       { additionalProperties: false, default: {}, description: 'Defaults for every filter in the chain.' },
     ),
+    storage: Type.Object(
+      {
+        backend: StringEnum(['memory', 'redis'], {
+          default: 'memory',
+          description:
+            "Where plugins' kv data lives. memory: in each plugin's sandbox process (lost when it restarts, not shared between milterd instances); redis: in Redis, shared by every milterd using the same server (greylisting across several MTAs).",
+        }),
+        url: Type.String({
+          pattern: '^rediss?://',
+          default: 'redis://127.0.0.1:6379',
+          description: 'Redis server (backend redis): redis[s]://[[user][:password]@]host[:port][/db].',
+        }),
+        prefix: Type.String({
+          default: 'milterd:',
+          description: "Prepended to every Redis key: a plugin's key k is stored as prefix, package name, colon, k (milterd:@milterd/plugin-greylist:k).",
+        }),
+        timeoutMs: Type.Integer({
+          minimum: 1,
+          default: 500,
+          description:
+            "Time one kv operation may take against Redis, connecting included; slower, or Redis down, fails the operation (the plugin can catch it). Keep it under the plugins' wallMs.",
+        }),
+      },
+      { additionalProperties: false, default: {}, description: 'The plugin key-value store (capability kv).' },
+    ),
   },
   { additionalProperties: false },
 );

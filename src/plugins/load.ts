@@ -15,6 +15,7 @@ import type { ChainEntry, FailurePolicy } from '../chain/filter.ts';
 import type { Capability } from '../../sdk/src/protocol.ts';
 import { RUNTIME_PROTOCOL } from '../../sdk/src/protocol.ts';
 import { Supervisor } from '../sandbox/supervisor.ts';
+import type { StorageSettings } from '../sandbox/kv.ts';
 import { sandboxFilter } from '../sandbox/filter.ts';
 import { readManifest, checkSdkCompatibility, type PluginManifest, type PluginLimits } from './manifest.ts';
 import { resolvePlugin } from './resolve.ts';
@@ -85,6 +86,8 @@ export interface LoadContext {
   readonly logger: Logger;
   /** Default failure policy (configuration `filters.onError`). */
   readonly onError: FailurePolicy;
+  /** Where plugins granted `kv` keep their data (configuration `storage`); default: in memory. */
+  readonly storage?: StorageSettings;
 }
 
 /** A plugin resolved, checked and bundled, not started yet. */
@@ -107,7 +110,9 @@ export async function preparePlugin(cfg: PluginEntryConfig, ctx: LoadContext): P
   if (manifest.optionsSchema !== undefined) checkOptions(manifest, cfg.options ?? {});
   const hash = createHash('sha256').update(bundle.code).update('\0').update(ctx.sdk.code).digest('hex');
   const { enabled: _enabled, ...settings } = cfg;
-  const key = `${hash}\0${JSON.stringify({ ...settings, dir, onError: cfg.onError ?? ctx.onError })}`;
+  // The storage settings matter only to a plugin granted kv: a change restarts only those.
+  const storage = cfg.capabilities?.includes('kv') === true ? ctx.storage : undefined;
+  const key = `${hash}\0${JSON.stringify({ ...settings, dir, onError: cfg.onError ?? ctx.onError, storage })}`;
   return { manifest, bundle, key };
 }
 
@@ -136,6 +141,7 @@ export async function loadPlugin(cfg: PluginEntryConfig, ctx: LoadContext, prepa
     limits: { memoryMb: limits.memoryMb, cpuMs: limits.cpuMs, wallMs: limits.wallMs },
     poolSize,
     options: cfg.options ?? {},
+    ...(ctx.storage !== undefined && capabilities.includes('kv') ? { storage: ctx.storage } : {}),
     // Node itself (~60 MB) plus, per isolate, up to 3× its heap limit (the limit is soft).
     processMemoryMb: 160 + poolSize * limits.memoryMb * 3,
     logger: ctx.logger,

@@ -87,6 +87,7 @@ export class Reloader {
       sdk: this.#o.sdk,
       logger: this.#o.logger,
       onError: config.filters.onError,
+      storage: config.storage,
     };
   }
 

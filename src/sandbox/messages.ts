@@ -4,6 +4,7 @@
  * @module
  */
 import type { Capability, WireCall, WireDescription, WireResult } from '../../sdk/src/protocol.ts';
+import type { StorageSettings } from './kv.ts';
 
 /** Limits enforced inside the sandbox process. */
 export interface SandboxLimits {
@@ -30,6 +31,8 @@ export type ToSandbox =
       readonly poolSize: number;
       /** Plugin options from the configuration, passed to the plugin as ctx.options. */
       readonly options: unknown;
+      /** Where the plugin's kv data lives (configuration `storage`); absent: in memory. */
+      readonly storage?: StorageSettings;
     }
   | { readonly type: 'call'; readonly id: number; readonly call: WireCall };
 

@@ -17,6 +17,7 @@ import { MilterdError, type ErrorCode, ERRORS } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { Capability, WireCall, WireDescription, WireResult } from '../../sdk/src/protocol.ts';
 import type { FromSandbox, PluginLog, SandboxLimits, ToSandbox } from './messages.ts';
+import type { StorageSettings } from './kv.ts';
 
 const WORKER = fileURLToPath(new URL('./worker.ts', import.meta.url));
 
@@ -29,6 +30,8 @@ export interface SupervisorOptions {
   readonly limits: SandboxLimits;
   readonly poolSize: number;
   readonly options: unknown;
+  /** Where the plugin's kv data lives (configuration `storage`); default: in memory. */
+  readonly storage?: StorageSettings;
   /** RSS above which the sandbox process is killed, MB (backs the soft isolate limit). */
   readonly processMemoryMb: number;
   readonly logger: Logger;
@@ -168,6 +171,7 @@ export class Supervisor {
       limits: o.limits,
       poolSize: o.poolSize,
       options: o.options,
+      ...(o.storage === undefined ? {} : { storage: o.storage }),
     };
     child.send(init);
     this.#watchMemory(child);

@@ -16,15 +16,12 @@ import { Resolver } from 'node:dns/promises';
 import { isIP } from 'node:net';
 import type { Capability, WireCall, WireDescription, WireResult } from '../../sdk/src/protocol.ts';
 import type { FromSandbox, PluginLog, SandboxFailure, SandboxLimits, ToSandbox } from './messages.ts';
+import { badArgument, createKv, type KvStore } from './kv.ts';
 
 type Init = Extract<ToSandbox, { type: 'init' }>;
 
 const MAX_LOGS_PER_CALL = 100;
 const MAX_LOG_CHARS = 4000;
-const MAX_KV_KEY = 512;
-const MAX_KV_VALUE = 65536;
-const MAX_KV_ENTRIES = 100_000;
-const MAX_TTL_MS = 30 * 24 * 3600 * 1000;
 
 function send(m: FromSandbox): void {
   // With a callback, a write to a daemon that has gone (EPIPE, channel closed) is reported
@@ -36,70 +33,6 @@ function send(m: FromSandbox): void {
 
 function failure(code: string, message: string): SandboxFailure {
   return { code, message };
-}
-
-/** A host-service argument error: thrown into the plugin as a plain Error with a code prefix. */
-function badArgument(message: string): Error {
-  return new Error(`[MILTERD_PLUGIN_BAD_ARGUMENT] ${message}`);
-}
-
-/** The plugin's key-value store (in this process; namespaced per plugin by construction). */
-class MemoryKv {
-  readonly #map = new Map<string, { value: string | number; expires: number }>();
-
-  #live(key: string): { value: string | number; expires: number } | undefined {
-    const e = this.#map.get(key);
-    if (e === undefined) return undefined;
-    if (e.expires !== 0 && e.expires <= Date.now()) {
-      this.#map.delete(key);
-      return undefined;
-    }
-    return e;
-  }
-
-  #room(): void {
-    if (this.#map.size < MAX_KV_ENTRIES) return;
-    const now = Date.now();
-    for (const [k, e] of this.#map) if (e.expires !== 0 && e.expires <= now) this.#map.delete(k);
-    if (this.#map.size >= MAX_KV_ENTRIES) throw badArgument(`kv is full (${MAX_KV_ENTRIES} keys)`);
-  }
-
-  run(op: unknown, key: unknown, value: unknown, ttl: unknown): string | number | boolean | null {
-    if (typeof key !== 'string' || key.length === 0 || key.length > MAX_KV_KEY) {
-      throw badArgument(`kv key must be a string of 1-${MAX_KV_KEY} characters`);
-    }
-    if (ttl !== undefined && ttl !== null && (typeof ttl !== 'number' || !Number.isInteger(ttl) || ttl <= 0 || ttl > MAX_TTL_MS)) {
-      throw badArgument(`kv ttlMs must be an integer from 1 to ${MAX_TTL_MS}`);
-    }
-    const expires = typeof ttl === 'number' ? Date.now() + ttl : 0;
-    switch (op) {
-      case 'get':
-        return this.#live(key)?.value ?? null;
-      case 'set': {
-        if (typeof value === 'string' ? value.length > MAX_KV_VALUE : typeof value !== 'number' || !Number.isFinite(value)) {
-          throw badArgument(`kv value must be a finite number or a string of at most ${MAX_KV_VALUE} characters`);
-        }
-        this.#room();
-        this.#map.set(key, { value: value as string | number, expires });
-        return true;
-      }
-      case 'incr': {
-        const by = value === undefined || value === null ? 1 : value;
-        if (typeof by !== 'number' || !Number.isFinite(by)) throw badArgument('kv incr step must be a finite number');
-        const e = this.#live(key);
-        const cur = e === undefined ? 0 : typeof e.value === 'number' ? e.value : Number(e.value);
-        if (!Number.isFinite(cur)) throw badArgument(`kv incr on a non-numeric value at ${key}`);
-        this.#room();
-        const next = cur + by;
-        this.#map.set(key, { value: next, expires: typeof ttl === 'number' ? expires : (e?.expires ?? 0) });
-        return next;
-      }
-      case 'del':
-        return this.#map.delete(key);
-      default:
-        throw badArgument(`unknown kv operation ${String(op)}`);
-    }
-  }
 }
 
 const DNS_TYPES = new Set(['A', 'AAAA', 'MX', 'TXT', 'PTR']);
@@ -143,7 +76,7 @@ interface Job {
 /** One isolate running the plugin, one call at a time. */
 class Slot {
   readonly #init: Init;
-  readonly #kv: MemoryKv;
+  readonly #kv: KvStore;
   #isolate: ivm.Isolate | undefined;
   #dispatch: ivm.Reference | undefined;
   #ready: Promise<void> | undefined;
@@ -151,7 +84,7 @@ class Slot {
   #current: Job | undefined;
   description: WireDescription | undefined;
 
-  constructor(init: Init, kv: MemoryKv) {
+  constructor(init: Init, kv: KvStore) {
     this.#init = init;
     this.#kv = kv;
   }
@@ -450,12 +383,15 @@ function classify(err: unknown, isolate: ivm.Isolate): SandboxFailure {
 // ---------------------------------------------------------------------------------------
 
 let slots: Slot[] = [];
+let kv: KvStore | undefined;
 const affinity = new Map<string, Slot>();
 let rr = 0;
 
 async function init(msg: Init): Promise<void> {
-  const kv = new MemoryKv();
-  slots = Array.from({ length: Math.max(1, msg.poolSize) }, () => new Slot(msg, kv));
+  // One store for the whole pool; with Redis, one connection, opened at the first kv call.
+  const store = createKv(msg.storage, msg.plugin);
+  kv = store;
+  slots = Array.from({ length: Math.max(1, msg.poolSize) }, () => new Slot(msg, store));
   try {
     await Promise.all(slots.map((s) => s.start()));
   } catch (err) {
@@ -481,4 +417,7 @@ process.on('message', (m: ToSandbox) => {
   else if (m.type === 'call') call(m.id, m.call);
 });
 // The daemon went away: nothing left to serve.
-process.on('disconnect', () => process.exit(0));
+process.on('disconnect', () => {
+  kv?.close();
+  process.exit(0);
+});

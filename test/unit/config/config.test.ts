@@ -21,6 +21,7 @@ const DEFAULTS = {
   chain: [],
   reload: { watch: true, debounceMs: 50 },
   filters: { onError: 'tempfail', timeoutMs: 10000, messageBudgetMs: 60000 },
+  storage: { backend: 'memory', url: 'redis://127.0.0.1:6379', prefix: 'milterd:', timeoutMs: 500 },
 };
 
 /** Asserts `fn` throws a MilterdError with `code` whose message has exactly `lines`. */
@@ -96,6 +97,7 @@ describe('parseConfig', () => {
       chain: [],
       reload: DEFAULTS.reload,
       filters: { onError: 'continue', timeoutMs: 2500, messageBudgetMs: 60000 },
+      storage: DEFAULTS.storage,
     });
     isDeepFrozen(c);
   });
