@@ -173,6 +173,10 @@ export const ERRORS = {
     area: 'plugin',
     summary: 'A plugin kept failing and its circuit breaker is open: it is switched off (calls get the failure policy at once) until a retry succeeds.',
   },
+  MILTERD_PLUGIN_KV: {
+    area: 'plugin',
+    summary: 'The key-value store behind a plugin\'s kv service failed (Redis down or slower than storage.timeoutMs); the plugin gets the error and decides.',
+  },
   MILTERD_PLUGIN_INSTALL: {
     area: 'plugin',
     summary: 'npm could not install or remove a plugin package (milterd plugin add/remove); nothing was changed.',
