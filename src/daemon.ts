@@ -11,6 +11,8 @@ import type { ChainEntry } from './chain/filter.ts';
 import { resolve } from 'node:path';
 import { loadChain, loadSdkRuntime } from './plugins/load.ts';
 import { Reloader } from './reload/reloader.ts';
+import { enableMetrics, serveMetrics } from './metrics.ts';
+import { MilterdError } from './errors.ts';
 
 /** A running daemon. */
 export interface Daemon {
@@ -69,6 +71,17 @@ export async function startDaemon(config: Config, options: DaemonOptions): Promi
     await Promise.all(plugins.map((p) => p.supervisor.stop()));
     throw err;
   }
+  let metricsServer: import('node:http').Server | undefined;
+  if (config.metrics.listen !== undefined) {
+    try {
+      metricsServer = await serveMetrics(config.metrics.listen, enableMetrics(() => server.connections));
+      logger.info({ metrics: `http://${config.metrics.listen}/metrics` }, 'metrics served');
+    } catch (err) {
+      await server.stop({ deadlineMs: 0 });
+      await Promise.all(plugins.map((p) => p.supervisor.stop()));
+      throw new MilterdError('MILTERD_SERVER_LISTEN', `cannot serve metrics on ${config.metrics.listen}: ${(err as Error).message}`, { cause: err });
+    }
+  }
   const reloader =
     options.configFile === undefined
       ? undefined
@@ -82,6 +95,7 @@ export async function startDaemon(config: Config, options: DaemonOptions): Promi
     stopping ??= server
       .stop({ deadlineMs })
       .then(async () => {
+        metricsServer?.close();
         if (reloader !== undefined) await reloader.close();
         else await Promise.all(plugins.map((p) => p.supervisor.stop()));
       })

@@ -17,6 +17,7 @@ import { performance } from 'node:perf_hooks';
 import { MilterdError, type ErrorCode } from '../errors.ts';
 import { checkReplyClass, formatReplyCode } from '../protocol/reply-code.ts';
 import { MILTER_CHUNK_SIZE } from '../protocol/constants.ts';
+import { countFailure, countShadow as countShadowMetric } from '../metrics.ts';
 import { BodyStore, type BodyStoreOptions } from './content.ts';
 import type {
   ChainEntry,
@@ -96,6 +97,7 @@ export class Chain {
 
   /** Counts one verdict of a shadow filter. */
   countShadow(filter: string, verdict: string): void {
+    countShadowMetric(filter, verdict);
     let c = this.shadowCounts.get(filter);
     if (c === undefined) this.shadowCounts.set(filter, (c = {}));
     c[verdict] = (c[verdict] ?? 0) + 1;
@@ -349,6 +351,7 @@ export class ChainRun {
   }
 
   #logFailure(slot: Slot, phase: Phase, err: MilterdError): void {
+    countFailure(slot.entry.name, err.code);
     this.#env.log().warn(
       { filter: slot.entry.name, hook: phase, code: err.code, err: err.message, policy: slot.entry.onError },
       `filter ${slot.entry.name} failed in ${phase}: ${err.message}`,

@@ -129,6 +129,17 @@ export const ConfigSchema = Type.Object(
         description: 'The plugins, in order: envelope phases stop at the first that rejects; at end of message each sees the edits of those before it.',
       },
     ),
+    metrics: Type.Object(
+      {
+        listen: Type.Optional(
+          Type.String({
+            pattern: '^(\\[[0-9a-fA-F:]+\\]|[^:\\s]+):\\d{1,5}$',
+            description: 'Serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 127.0.0.1:9464). Unset: no metrics, no cost.',
+          }),
+        ),
+      },
+      { additionalProperties: false, default: {} },
+    ),
     reload: Type.Object(
       {
         watch: Type.Boolean({

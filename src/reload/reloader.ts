@@ -16,6 +16,7 @@ import { loadConfig } from '../config/load.ts';
 import type { Config } from '../config/schema.ts';
 import { MilterdError } from '../errors.ts';
 import type { Logger } from '../log.ts';
+import { countReload } from '../metrics.ts';
 import { loadPlugin, preparePlugin, type LoadedPlugin, type LoadContext, type SdkRuntime } from '../plugins/load.ts';
 import type { MilterServer } from '../server/server.ts';
 
@@ -192,6 +193,7 @@ export class Reloader {
         `chain reloaded (${reason}) in ${Math.round(ms)} ms`,
       );
       this.history.push(result);
+      countReload(true);
       this.#rewatch();
       return result;
     } catch (err) {
@@ -201,6 +203,7 @@ export class Reloader {
         { reason, code: (e as MilterdError).code, err: e.message },
         `reload failed (${reason}); still running the previous version: ${e.message}`,
       );
+      countReload(false);
       const result: ReloadResult = { ok: false, ms: performance.now() - t0, started: [], reused: [], error: e };
       this.history.push(result);
       return result;

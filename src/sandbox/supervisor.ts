@@ -15,6 +15,7 @@ import { readFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { MilterdError, type ErrorCode, ERRORS } from '../errors.ts';
 import type { Logger } from '../log.ts';
+import { countBreakerOpen, countRestart } from '../metrics.ts';
 import type { Capability, WireCall, WireDescription, WireResult } from '../../sdk/src/protocol.ts';
 import type { FromSandbox, PluginLog, SandboxLimits, ToSandbox } from './messages.ts';
 import type { StorageSettings } from './kv.ts';
@@ -249,6 +250,7 @@ export class Supervisor {
     // A kill by our own call watchdog was already counted when it fired.
     if (!(this.#killReason?.code === 'MILTERD_PLUGIN_WALL')) this.#fail(reason.code);
     this.#restarts++;
+    countRestart(this.#o.plugin, reason.code);
     // Backoff doubles while the process keeps dying young; a process that lived 30 s resets it.
     this.#backoff = Date.now() - this.#startedAt > 30_000 ? 100 : Math.min(Math.max(100, this.#backoff * 2), 5000);
     this.#log.warn({ code: reason.code, restartInMs: this.#backoff, restarts: this.#restarts }, `${reason.message}; restarting`);
@@ -281,6 +283,7 @@ export class Supervisor {
       if (failedRetry) this.#cooldown = Math.min(this.#cooldown * 2, 300_000);
       this.#openUntil = now + this.#cooldown;
       this.#consecutive = 0;
+      countBreakerOpen(this.#o.plugin);
       this.#log.error(
         { code: 'MILTERD_PLUGIN_CIRCUIT_OPEN', cause: code, retryInMs: this.#cooldown },
         `plugin ${this.#o.plugin} keeps failing (${code}): switched off for ${this.#cooldown} ms`,

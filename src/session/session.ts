@@ -20,6 +20,8 @@
  * @module
  */
 import { MilterdError, ProtocolError } from '../errors.ts';
+import { performance } from 'node:perf_hooks';
+import { countMessage, metricsEnabled } from '../metrics.ts';
 import type { Logger } from '../log.ts';
 import { SMFIC, SMFIP } from '../protocol/constants.ts';
 import { decodeCommand, FrameReader } from '../protocol/decoder.ts';
@@ -473,7 +475,10 @@ export class Session {
       if ((o.type === 'discard' || o.type === 'accept') && this.#msg !== undefined) this.#msg.done = true;
       return;
     }
-    if (scope === 'message' && this.#msg !== undefined) this.#msg.done = true;
+    if (scope === 'message' && this.#msg !== undefined) {
+      this.#msg.done = true;
+      countMessage(o.type);
+    }
   }
 
   #outOfOrder(cmd: MilterCommand): Promise<void> | undefined {
@@ -602,8 +607,10 @@ export class Session {
           }, interval)
         : undefined;
     let replacedBody: BodyStore | undefined;
+    const t0 = metricsEnabled() ? performance.now() : 0;
     try {
       const outcome = await run.eom(base);
+      if (t0 !== 0) countMessage(outcome.type, (performance.now() - t0) / 1000);
       if (outcome.type !== 'accept') {
         this.#send(outcomePacket(outcome));
         this.#logger().info(
