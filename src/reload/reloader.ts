@@ -19,6 +19,7 @@ import type { Logger } from '../log.ts';
 import { countReload } from '../metrics.ts';
 import { loadPlugin, preparePlugin, type LoadedPlugin, type LoadContext, type SdkRuntime } from '../plugins/load.ts';
 import type { MilterServer } from '../server/server.ts';
+import { keepWarmSandbox } from '../sandbox/supervisor.ts';
 
 /** One chain and the plugins it runs. */
 interface Generation {
@@ -224,6 +225,8 @@ export class Reloader {
   /** Watches the configuration file and every plugin's files; changes reload after `debounceMs`. */
   watch(debounceMs: number): void {
     if (this.#watcher !== undefined) return;
+    // A reload then only has to load the plugin, not boot a process.
+    keepWarmSandbox(true);
     this.#watcher = watch([], { ignoreInitial: true, persistent: true });
     const w = this.#watcher;
     this.#ready = new Promise((r) => w.once('ready', () => r()));
@@ -258,6 +261,7 @@ export class Reloader {
   /** Stops watching and stops every plugin (after the server has stopped). */
   async close(): Promise<void> {
     this.#closed = true;
+    keepWarmSandbox(false);
     clearTimeout(this.#timer);
     await this.#watcher?.close();
     await this.#running?.catch(() => undefined);

@@ -88,6 +88,57 @@ async function rssMb(pid: number): Promise<number | undefined> {
   }
 }
 
+function forkSandbox(): ChildProcess {
+  return fork(WORKER, [], {
+    execArgv: ['--no-node-snapshot', '--disable-warning=ExperimentalWarning'],
+    serialization: 'advanced',
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+    env: {}, // plugins get no environment, and the sandbox process needs none
+  });
+}
+
+/**
+ * A started sandbox process waiting for its plugin (Node booted, isolated-vm loaded: most of a
+ * sandbox's start-up time). Kept only while hot reload is on, so a reload does not wait for a
+ * process to boot. Each one is used at most once, for one plugin.
+ */
+let spare: ChildProcess | undefined;
+let keepSpare = false;
+
+function freshSpare(): ChildProcess {
+  const c = forkSandbox();
+  c.unref();
+  c.channel?.unref();
+  // A spare that dies before use is simply not used.
+  c.once('exit', () => {
+    if (spare === c) spare = undefined;
+  });
+  return c;
+}
+
+/** A sandbox process for a new plugin: the warm spare if there is one, else a new one. */
+function takeSandboxProcess(): ChildProcess {
+  const c = spare;
+  spare = undefined;
+  if (keepSpare) spare = freshSpare();
+  if (c !== undefined && c.connected && c.exitCode === null) {
+    c.ref();
+    c.channel?.ref();
+    return c;
+  }
+  return forkSandbox();
+}
+
+/** Keeps (or stops keeping) one warm sandbox process ready, for fast reloads. */
+export function keepWarmSandbox(on: boolean): void {
+  keepSpare = on;
+  if (on && spare === undefined) spare = freshSpare();
+  if (!on && spare !== undefined) {
+    spare.kill();
+    spare = undefined;
+  }
+}
+
 /** One plugin's sandbox process. */
 export class Supervisor {
   readonly #o: SupervisorOptions;
@@ -135,12 +186,7 @@ export class Supervisor {
   #spawn(): Promise<WireDescription> {
     const o = this.#o;
     this.#killReason = undefined;
-    const child = fork(WORKER, [], {
-      execArgv: ['--no-node-snapshot', '--disable-warning=ExperimentalWarning'],
-      serialization: 'advanced',
-      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-      env: {}, // plugins get no environment, and the sandbox process needs none
-    });
+    const child = takeSandboxProcess();
     this.#child = child;
     this.#startedAt = Date.now();
     const ready = new Promise<WireDescription>((resolve, reject) => {
