@@ -16,10 +16,11 @@
  *
  *   node bench/run.ts [--duration 6] [--warmup 2] [--rounds 2] [--concurrency 32] [--messages 5]
  *     [--headers 10] [--body 2048] [--rcpts 2] [--transport unix|inet] [--no-pin]
- *     [--only a,b,d | --scenarios empty,inspect,...] [--pool N] [--retries 4] [--no-write]
+ *     [--only a,b,d | --scenarios empty,inspect,...] [--pool N] [--retries 4] [--idle-wait 30] [--no-write]
  *
- * A measurement during which other processes used more than 15% of a core is repeated (at most
- * --retries times in all) and the quieter one kept: figures from a shared machine stay usable.
+ * Before each measurement it waits (up to --idle-wait s) for the machine to be idle; a
+ * measurement during which other processes still used more than 15% of a core is repeated (at
+ * most --retries times in all) and the quieter one kept: figures from a shared machine stay usable.
  *
  * With two or more cores, the load generator is pinned to core 0 and the server to core 1
  * (taskset), so each side has one core of its own whatever its thread count. Sandbox processes
@@ -126,6 +127,8 @@ interface RunOptions {
   pool: number | undefined;
   /** Measurements that may be repeated, in all, when another process took the CPU. */
   retries: number;
+  /** Longest wait for an idle machine before each measurement, s. */
+  idleWaitS: number;
   write: boolean;
 }
 
@@ -170,6 +173,7 @@ function parseOptions(): RunOptions {
       only: { type: 'string' },
       pool: { type: 'string' },
       retries: { type: 'string', default: '4' },
+      'idle-wait': { type: 'string', default: '30' },
       'no-write': { type: 'boolean', default: false },
     },
   });
@@ -206,6 +210,7 @@ function parseOptions(): RunOptions {
     scenarios,
     pool: values.pool === undefined ? undefined : Math.floor(num('pool', values.pool, 1)),
     retries: Math.floor(num('retries', values.retries, 0)),
+    idleWaitS: num('idle-wait', values['idle-wait'], 0),
     write: !values['no-write'],
   };
 }
@@ -481,7 +486,28 @@ function runLoadgen(o: RunOptions, s: Scenario, address: string, serverPid: numb
   });
 }
 
+/** Seconds spent waiting for the machine to be idle, over the run. */
+let waitedS = 0;
+
+/**
+ * Waits (at most `o.idleWaitS` seconds) until the machine is idle: less than 10% of one core
+ * busy over half a second, with nothing of ours running. On a shared machine this keeps other
+ * people's bursts out of the measured windows; on an idle one it costs half a second.
+ */
+async function waitIdle(o: RunOptions): Promise<void> {
+  const t0 = performance.now();
+  while ((performance.now() - t0) / 1000 < o.idleWaitS) {
+    const b0 = machineBusySeconds();
+    const w0 = performance.now();
+    await new Promise((r) => setTimeout(r, 500));
+    const busy = (machineBusySeconds() - b0) / ((performance.now() - w0) / 1000);
+    if (!(busy > 0.1)) break;
+  }
+  waitedS += (performance.now() - t0) / 1000;
+}
+
 async function runScenario(o: RunOptions, s: Scenario): Promise<Measurement> {
+  await waitIdle(o);
   const address = await listenAddress(o, s);
   const server = await startServer(o, s, address);
   let m: Measurement | undefined;
@@ -784,6 +810,7 @@ async function main(): Promise<void> {
       results.set(s.name, list);
     }
   }
+  if (waitedS > 1 + active.length * o.rounds) notes.push(`Waited ${Math.round(waitedS)} s in all for the machine to be idle before measurements.`);
   if (retried > 0) notes.push(`${retried} measurement(s) repeated because other processes used more than ${NOISY * 100}% CPU.`);
   const rows = active.map((s) => toRow(s, results.get(s.name) ?? []));
   const section = report(o, rows, notes);
