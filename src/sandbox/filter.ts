@@ -113,11 +113,13 @@ export function sandboxFilter(spec: SandboxFilterSpec, sandbox: Supervisor): Fil
       return verdictOf(r);
     };
   }
-  if (has.has('abort')) f.abort = async (ctx) => void (await run(ctx, { ...base(ctx), phase: 'abort' }));
+  // abort and close have no verdict: one-way messages, queued in order with the connection's
+  // calls, instead of round trips (close goes to every plugin on every connection).
+  if (has.has('abort')) f.abort = (ctx) => sandbox.notify({ ...base(ctx), phase: 'abort' });
   // Always: the sandbox drops the connection's state on close, hook or not.
-  f.close = async (ctx) => {
+  f.close = (ctx) => {
     if ((ctx.connState as { sandboxConn?: string }).sandboxConn === undefined) return; // never called
-    await run(ctx, { ...base(ctx), phase: 'close' });
+    sandbox.notify({ ...base(ctx), phase: 'close' });
   };
   return f as Filter;
 }

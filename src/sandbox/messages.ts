@@ -34,7 +34,9 @@ export type ToSandbox =
       /** Where the plugin's kv data lives (configuration `storage`); absent: in memory. */
       readonly storage?: StorageSettings;
     }
-  | { readonly type: 'call'; readonly id: number; readonly call: WireCall };
+  | { readonly type: 'call'; readonly id: number; readonly call: WireCall }
+  /** A call with no answer (abort, close): queued in order with the connection's calls. */
+  | { readonly type: 'notify'; readonly call: WireCall };
 
 /** One log record a plugin wrote during a call (ctx.log), shipped back with the result. */
 export interface PluginLog {
@@ -60,4 +62,6 @@ export type FromSandbox =
       readonly error?: SandboxFailure;
       readonly logs: readonly PluginLog[];
     }
-  | { readonly type: 'fatal'; readonly message: string };
+  | { readonly type: 'fatal'; readonly message: string }
+  /** A one-way call (abort, close) failed: logged by the daemon with plugin, hook and code. */
+  | { readonly type: 'notice'; readonly phase: string; readonly error: SandboxFailure; readonly logs: readonly PluginLog[] };

@@ -11,7 +11,7 @@
  * @module
  */
 import { fork, type ChildProcess } from 'node:child_process';
-import { readFile } from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { MilterdError, type ErrorCode, ERRORS } from '../errors.ts';
 import type { Logger } from '../log.ts';
@@ -77,11 +77,13 @@ function isDying(child: ChildProcess): boolean {
   return child.killed || child.exitCode !== null || child.signalCode !== null;
 }
 
-/** Reads a process's resident set size in MB from /proc (Linux). */
-async function rssMb(pid: number): Promise<number | undefined> {
+/**
+ * A process's resident set size in MB, from /proc (Linux). Read synchronously: a few µs for
+ * this small file, where an async readFile measured ~300 µs of CPU, 20 times a second per plugin.
+ */
+function rssMb(pid: number): number | undefined {
   try {
-    const status = await readFile(`/proc/${pid}/status`, 'utf8');
-    const m = /^VmRSS:\s+(\d+)\s+kB/m.exec(status);
+    const m = /^VmRSS:\s+(\d+)\s+kB/m.exec(readFileSync(`/proc/${pid}/status`, 'latin1'));
     return m ? Number(m[1]) / 1024 : undefined;
   } catch {
     return undefined;
@@ -231,7 +233,8 @@ export class Supervisor {
     // the process's RSS is the hard line.
     this.#memTimer = setInterval(() => {
       if (child.pid === undefined || child.exitCode !== null) return;
-      void rssMb(child.pid).then((mb) => {
+      {
+        const mb = rssMb(child.pid);
         if (mb !== undefined && mb > this.#o.processMemoryMb && child.exitCode === null) {
           this.#killReason = {
             code: 'MILTERD_PLUGIN_MEMORY',
@@ -240,7 +243,7 @@ export class Supervisor {
           this.#log.error({ code: 'MILTERD_PLUGIN_MEMORY', rssMb: Math.round(mb) }, this.#killReason.message);
           child.kill('SIGKILL');
         }
-      });
+      }
     }, 50);
     this.#memTimer.unref();
   }
@@ -268,6 +271,13 @@ export class Supervisor {
         }
         return;
       }
+      case 'notice':
+        this.#fail(m.error.code);
+        this.#log.warn(
+          { plugin: this.#o.plugin, hook: m.phase, code: m.error.code, err: m.error.message },
+          `plugin ${this.#o.plugin} failed in ${m.phase}: ${m.error.message}`,
+        );
+        return;
       case 'fatal':
         this.#killReason = { code: 'MILTERD_PLUGIN_CRASHED', message: `V8 fatal error in the sandbox: ${m.message}` };
         this.#log.error({ code: 'MILTERD_PLUGIN_CRASHED', err: m.message }, 'catastrophic error in the sandbox');
@@ -390,6 +400,17 @@ export class Supervisor {
       clearTimeout(timer);
     }
     if (this.#stopped) throw pluginError('MILTERD_PLUGIN_CRASHED', `plugin ${this.#o.plugin} is stopped`, this.#o.plugin);
+  }
+
+  /**
+   * A call nobody waits for (abort and close have no verdict): one IPC message instead of a
+   * round trip. Dropped if the sandbox is not running (its state died with it anyway).
+   */
+  notify(call: WireCall): void {
+    const child = this.#child;
+    if (this.#stopped || child === undefined || !child.connected) return;
+    const msg: ToSandbox = { type: 'notify', call };
+    child.send(msg, () => undefined);
   }
 
   #send(call: WireCall, timeoutMs: number): Promise<CallResult> {
