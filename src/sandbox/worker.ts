@@ -5,8 +5,8 @@
  * out-of-memory, an uninterruptible operation), only this process dies, and the daemon that
  * owns the MTA connections gives the calls in flight the plugin's failure policy.
  *
- * Per call: the isolate's `timeout` bounds synchronous CPU time; a watchdog bounds wall-clock
- * time including awaits (isolate timeouts do not cover code after an await); the isolate heap
+ * Per call: one watchdog bounds CPU time (read from the isolate's cpuTime, so code resumed
+ * after a host promise counts too) and wall-clock time including awaits; the isolate heap
  * limit bounds memory. Any of the three recycles the isolate: a plugin that misbehaved once is
  * not trusted with its state again.
  * @module
