@@ -36,7 +36,9 @@ export type ToSandbox =
     }
   | { readonly type: 'call'; readonly id: number; readonly call: WireCall }
   /** A call with no answer (abort, close): queued in order with the connection's calls. */
-  | { readonly type: 'notify'; readonly call: WireCall };
+  | { readonly type: 'notify'; readonly call: WireCall }
+  /** Several of the above, written in one event-loop turn (one IPC write instead of many). */
+  | { readonly type: 'batch'; readonly items: readonly ToSandbox[] };
 
 /** One log record a plugin wrote during a call (ctx.log), shipped back with the result. */
 export interface PluginLog {
@@ -63,5 +65,7 @@ export type FromSandbox =
       readonly logs: readonly PluginLog[];
     }
   | { readonly type: 'fatal'; readonly message: string }
+  /** Several results written in one event-loop turn. */
+  | { readonly type: 'batch'; readonly items: readonly FromSandbox[] }
   /** A one-way call (abort, close) failed: logged by the daemon with plugin, hook and code. */
   | { readonly type: 'notice'; readonly phase: string; readonly error: SandboxFailure; readonly logs: readonly PluginLog[] };

@@ -148,6 +148,7 @@ export class Supervisor {
   #child: ChildProcess | undefined;
   #ready: Promise<WireDescription> | undefined;
   readonly #pending = new Map<number, Pending>();
+  #outbox: { readonly msg: ToSandbox; readonly done: (err: Error | null) => void }[] = [];
   #seq = 0;
   #stopped = false;
   #restarts = 0;
@@ -250,6 +251,9 @@ export class Supervisor {
 
   #onMessage(m: FromSandbox): void {
     switch (m.type) {
+      case 'batch':
+        for (const x of m.items) this.#onMessage(x);
+        return;
       case 'result': {
         const p = this.#pending.get(m.id);
         if (p === undefined) return; // answered late, after our own watchdog
@@ -410,7 +414,31 @@ export class Supervisor {
     const child = this.#child;
     if (this.#stopped || child === undefined || !child.connected) return;
     const msg: ToSandbox = { type: 'notify', call };
-    child.send(msg, () => undefined);
+    this.#post(child, msg, () => undefined);
+  }
+
+  /**
+   * Calls of one event-loop turn go out in one IPC write: with many connections in flight, one
+   * write (and one wake-up of the sandbox process) per turn instead of one per call.
+   */
+  #post(child: ChildProcess, msg: ToSandbox, done: (err: Error | null) => void): void {
+    this.#outbox.push({ msg, done });
+    if (this.#outbox.length === 1) setImmediate(() => this.#flush(child));
+  }
+
+  #flush(child: ChildProcess): void {
+    const items = this.#outbox;
+    this.#outbox = [];
+    if (items.length === 0) return;
+    const callback = (err: Error | null): void => {
+      for (const i of items) i.done(err);
+    };
+    if (!child.connected) {
+      callback(new Error('the sandbox process is gone'));
+      return;
+    }
+    const msg: ToSandbox = items.length === 1 ? items[0]!.msg : { type: 'batch', items: items.map((i) => i.msg) };
+    child.send(msg, callback);
   }
 
   #send(call: WireCall, timeoutMs: number): Promise<CallResult> {
@@ -431,7 +459,7 @@ export class Supervisor {
       const pending: Pending = { resolve, reject, timer, sent: false };
       this.#pending.set(id, pending);
       const msg: ToSandbox = { type: 'call', id, call };
-      child.send(msg, (err) => {
+      this.#post(child, msg, (err) => {
         if (!err) pending.sent = true;
         else if (this.#pending.has(id)) {
           this.#pending.delete(id);

@@ -23,7 +23,27 @@ type Init = Extract<ToSandbox, { type: 'init' }>;
 const MAX_LOGS_PER_CALL = 100;
 const MAX_LOG_CHARS = 4000;
 
+/** Results of this event-loop turn, written together (one IPC write instead of one each). */
+let outbox: FromSandbox[] = [];
+
+function flush(): void {
+  const items = outbox;
+  outbox = [];
+  if (items.length === 0) return;
+  rawSend(items.length === 1 ? items[0]! : { type: 'batch', items });
+}
+
 function send(m: FromSandbox): void {
+  if (m.type !== 'result') {
+    flush();
+    rawSend(m);
+    return;
+  }
+  outbox.push(m);
+  if (outbox.length === 1) setImmediate(flush);
+}
+
+function rawSend(m: FromSandbox): void {
   // With a callback, a write to a daemon that has gone (EPIPE, channel closed) is reported
   // here instead of as an 'error' event, which crashed the process noisily when the daemon
   // stopped it with calls in flight. Nothing to do then: the 'disconnect' handler exits.
@@ -430,11 +450,13 @@ function call(id: number, c: WireCall): void {
   slot.enqueue({ id, call: c, logs: [], done: false });
 }
 
-process.on('message', (m: ToSandbox) => {
+function onMessage(m: ToSandbox): void {
   if (m.type === 'init') void init(m);
   else if (m.type === 'call') call(m.id, m.call);
   else if (m.type === 'notify') call(0, m.call);
-});
+  else if (m.type === 'batch') for (const x of m.items) onMessage(x);
+}
+process.on('message', onMessage);
 // The daemon went away: nothing left to serve.
 process.on('disconnect', () => {
   kv?.close();
