@@ -160,6 +160,8 @@ export class Session {
   /** Replies of the current pump pass, written in one go. */
   #out: Uint8Array[] = [];
   #busy = false;
+  /** Resolved when the command in progress is done (teardown waits for it). */
+  #idleWaiters: Array<() => void> = [];
   #paused = false;
   #closing = false;
   #closed: Promise<void> | undefined;
@@ -199,7 +201,7 @@ export class Session {
 
   async #teardown(): Promise<void> {
     // Wait for a command in progress (e.g. a slow end of message) to finish first.
-    while (this.#busy) await new Promise((r) => setImmediate(r));
+    if (this.#busy) await new Promise<void>((r) => this.#idleWaiters.push(r));
     this.#state = State.CLOSED;
     await this.#endConnection();
   }
@@ -243,6 +245,13 @@ export class Session {
     return (this.#msgLog = this.#log.child({ qid }));
   }
 
+  #idle(): void {
+    this.#busy = false;
+    const waiters = this.#idleWaiters;
+    this.#idleWaiters = [];
+    for (const w of waiters) w();
+  }
+
   /** Processes buffered frames until one needs to wait. */
   #pump(): void {
     this.#busy = true;
@@ -275,7 +284,7 @@ export class Session {
             () => this.#pump(),
             (err: unknown) => {
               this.#fatal(err);
-              this.#busy = false;
+              this.#idle();
             },
           );
           return;
@@ -285,7 +294,7 @@ export class Session {
       this.#fatal(err);
     }
     this.#flush();
-    this.#busy = false;
+    this.#idle();
     if (this.#paused && this.#reader.buffered <= this.#opts.highWaterMark / 2) {
       this.#paused = false;
       this.#t.resume();

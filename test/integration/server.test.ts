@@ -174,3 +174,39 @@ test('the daemon process: SIGTERM lets a connection finish, then exits 0; a seco
   const [code2] = await once(b.proc, 'exit');
   assert.equal(code2, 0);
 });
+
+test('a connection that ends during a slow end of message closes the filters only after it finished', async () => {
+  let release!: () => void;
+  const gate = new Promise<void>((r) => (release = r));
+  const events: string[] = [];
+  const f = defineFilter({
+    name: 'slow',
+    eom: async () => {
+      await gate;
+      events.push('eom done');
+    },
+    close: () => void events.push('close'),
+  });
+  const transport: Transport = { write: () => true, pause: () => undefined, resume: () => undefined, end: () => undefined, once: () => undefined };
+  const session = new Session('t', transport, {
+    chains: new ChainHolder(new Chain([{ filter: f }])),
+    logger: silentLogger(),
+    maxFrameSize: 1 << 20,
+    bodyStore: { memoryLimit: 1 << 20 },
+    progressIntervalMs: 0,
+    highWaterMark: 1 << 20,
+  });
+  for (const c of [
+    { kind: 'optneg', version: 6, actions: 0x1ff, protocol: 0x1fffff },
+    { kind: 'connect', hostname: 'h', family: 'inet', port: 1, address: '192.0.2.1' },
+    { kind: 'mail', args: ['<a@b>'] },
+    { kind: 'rcpt', args: ['<c@d>'] },
+    { kind: 'eob', chunk: new Uint8Array(0) },
+  ] as const) session.receive(encodeCommand(c));
+  const ended = session.end();
+  await new Promise((r) => setTimeout(r, 30));
+  assert.deepEqual(events, [], 'nothing closes while the message is in progress');
+  release();
+  await ended;
+  assert.deepEqual(events, ['eom done', 'close']);
+});
