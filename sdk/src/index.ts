@@ -368,7 +368,3 @@ export const __register: (def: unknown) => void = defaultRuntime.register;
 export const __describe: typeof defaultRuntime.describe = defaultRuntime.describe;
 /** @internal Host: one call into the plugin; rejects when it fails, `MILTERD_*` codes as a `[CODE] ` message prefix. */
 export const __dispatch: typeof defaultRuntime.dispatch = defaultRuntime.dispatch;
-/** @internal Host: starts call `id`; its outcome reaches the host's `done` Reference. */
-export const __start: typeof defaultRuntime.start = defaultRuntime.start;
-/** @internal Host: the answer to an asynchronous host-service call, by ticket. */
-export const __deliver: typeof defaultRuntime.deliver = defaultRuntime.deliver;

@@ -10,7 +10,7 @@
  */
 
 /** Bumped when the shape below changes incompatibly; the host checks it at load. */
-export const RUNTIME_PROTOCOL = 2;
+export const RUNTIME_PROTOCOL = 1;
 
 /** Hooks a plugin can define (libmilter's xxfi_* callbacks). */
 export const HOOK_NAMES = [
@@ -135,25 +135,20 @@ export interface WireDescription {
 }
 
 /**
- * Hidden globals the host sets before the SDK module runs; the SDK captures and deletes them,
- * so plugin code never sees them. Each is an isolated-vm Reference to a host function, called
- * synchronously with copied arguments. Only granted capabilities are installed.
- *
- * Asynchronous services take a ticket first and return at once; the host answers later by
- * entering the isolate with the SDK's `__deliver(ticket, value)`, where value is the result or
- * a HostFailure (`{ error: { code?, message } }`), never a rejection.
+ * Globals the host installs before the runtime module is evaluated. The runtime captures them
+ * and deletes them from the global object, so plugin code never reaches them. Each is an
+ * isolated-vm Reference to a host function (called with copied arguments, result copied back,
+ * async ones as promises). Only granted capabilities are installed.
  */
 export interface HostGlobals {
   /** (level, message, fields?) → void */
   __milterd_log?: unknown;
-  /** (ticket, op, key, value?, ttlMs?) → void, answered by __deliver; op: get | set | incr | del */
+  /** (op, key, value?, ttlMs?) → Promise<value> ; op: get | set | incr | del */
   __milterd_kv?: unknown;
-  /** (ticket, type, name, timeoutMs?) → void, answered by __deliver (string[] or mx records) */
+  /** (type, name) → Promise<string[] | mx records> */
   __milterd_dns?: unknown;
   /** () → number (ms since epoch) */
   __milterd_clock?: unknown;
-  /** (id, ok, resultOrError) → void: the outcome of the call `__start(id, call)` began (always set by the sandbox). */
-  __milterd_done?: unknown;
   /** The plugin's options from the configuration: plain data, copied in (always set). */
   __milterd_options?: unknown;
 }

@@ -146,23 +146,6 @@ export function captureHostGlobals(global: object = globalThis): HostServices {
   return out;
 }
 
-/**
- * Reads and deletes the host's `done` Reference (how outcomes of `start` reach the host); absent
- * where the runtime is only dispatched to (tests).
- */
-export function captureDone(global: object = globalThis): HostReference | undefined {
-  const name = '__milterd_done';
-  const ref: unknown = (global as Record<string, unknown>)[name];
-  if (!Reflect.deleteProperty(global, name) || name in global) {
-    fail('MILTERD_PLUGIN_LOAD', `the SDK could not hide the host global ${name}; refusing to run plugin code`);
-  }
-  if (ref === undefined) return undefined;
-  if (typeof ref !== 'object' || ref === null || typeof (ref as HostReference).applySync !== 'function') {
-    fail('MILTERD_PLUGIN_LOAD', `host global ${name} is not a Reference`);
-  }
-  return ref as HostReference;
-}
-
 /** The granted Reference, or the capability error. */
 function need(ref: HostReference | undefined, cap: Capability): HostReference {
   if (ref === undefined) {
@@ -223,6 +206,19 @@ function isHostFailure(v: unknown): v is HostFailure {
   return typeof e === 'object' && e !== null && typeof (e as { message?: unknown }).message === 'string';
 }
 
+/** Calls an async host service; its failures become plain Errors. */
+async function callHost(ref: HostReference | undefined, cap: Capability, what: string, args: unknown[]): Promise<unknown> {
+  const r = need(ref, cap);
+  let out: unknown;
+  try {
+    out = await r.apply(undefined, args, ASYNC_CALL);
+  } catch (err) {
+    throw hostError(what, err);
+  }
+  if (isHostFailure(out)) throw hostError(what, out.error);
+  return out;
+}
+
 function badArgument(message: string): never {
   fail(RUNTIME_ERRORS.badArgument, message);
 }
@@ -261,39 +257,8 @@ function plainFields(fields: LogFields): Record<string, unknown> {
   return out;
 }
 
-/** The services plus the entry through which the host answers their asynchronous calls. */
-interface ServiceSet {
-  readonly services: Services;
-  deliver(ticket: number, value: unknown): void;
-}
-
-function makeServices(host: HostServices): ServiceSet {
+function makeServices(host: HostServices): Services {
   const { log: logRef, kv: kvRef, dns: dnsRef, clock: clockRef } = host;
-
-  // Asynchronous host services (kv, dns) answer through the host, not through isolated-vm's
-  // promise bridging: the call hands the host a ticket and returns at once; when the work is
-  // done the host enters the isolate with `deliver(ticket, value)`. The isolate then only ever
-  // runs inside an entry the host makes itself, synchronously and under a CPU timeout; a
-  // bridged promise would resume plugin code on an isolated-vm thread at a moment the host
-  // does not choose (and a synchronous entry made then would wait for it, unbounded).
-  const waiting = new Map<number, (value: unknown) => void>();
-  let tickets = 0;
-
-  /** Calls an async host service; its failures become plain Errors. */
-  async function callHost(ref: HostReference | undefined, cap: Capability, what: string, args: unknown[]): Promise<unknown> {
-    const r = need(ref, cap);
-    const ticket = ++tickets;
-    const answer = new Promise<unknown>((resolve) => waiting.set(ticket, resolve));
-    try {
-      r.applySync(undefined, [ticket, ...args], COPY_ARGS);
-    } catch (err) {
-      waiting.delete(ticket);
-      throw hostError(what, err);
-    }
-    const out = await answer;
-    if (isHostFailure(out)) throw hostError(what, out.error);
-    return out;
-  }
 
   const logAt =
     (level: 'debug' | 'info' | 'warn' | 'error') =>
@@ -303,12 +268,11 @@ function makeServices(host: HostServices): ServiceSet {
       if (fields !== undefined && (typeof fields !== 'object' || fields === null)) {
         badArgument(`log.${level}: fields must be an object`);
       }
-      // Synchronous: the host files the record under the call running now.
       try {
-        ref.applySync(undefined, [level, text, fields], COPY_ARGS);
+        ref.applyIgnored(undefined, [level, text, fields], COPY_ARGS);
       } catch {
         // Not structured-clone data (a function, a class instance...): log what can be copied.
-        ref.applySync(undefined, [level, text, fields === undefined ? undefined : plainFields(fields)], COPY_ARGS);
+        ref.applyIgnored(undefined, [level, text, fields === undefined ? undefined : plainFields(fields)], COPY_ARGS);
       }
     };
 
@@ -372,21 +336,12 @@ function makeServices(host: HostServices): ServiceSet {
     },
   };
 
-  const services: Services = Object.freeze({
+  return Object.freeze({
     log: Object.freeze({ debug: logAt('debug'), info: logAt('info'), warn: logAt('warn'), error: logAt('error') }),
     kv: Object.freeze(kv),
     dns: Object.freeze(dns),
     clock: Object.freeze(clock),
   });
-  return {
-    services,
-    deliver(ticket, value) {
-      const resolve = waiting.get(ticket);
-      if (resolve === undefined) return; // unknown or already answered: ignore
-      waiting.delete(ticket);
-      resolve(value);
-    },
-  };
 }
 
 // --- verdicts -------------------------------------------------------------------------------
@@ -725,15 +680,6 @@ export interface Runtime {
    * the message `[CODE] message`, since only messages cross the isolate boundary.
    */
   dispatch(call: WireCall): Promise<WireResult>;
-  /**
-   * The sandbox's entry: starts call `id` and returns at once. The outcome is reported through
-   * the host's `done` Reference, `(id, true, result)` or `(id, false, { message })` (message
-   * with its `[CODE] ` prefix), as soon as it settles: during this same entry when the hook
-   * awaits nothing from the host, else during the `deliver` that completes it.
-   */
-  start(id: number, call: WireCall): void;
-  /** The host's answer to an asynchronous service call (kv, dns), by ticket. */
-  deliver(ticket: number, value: unknown): void;
 }
 
 function connectionInfo(c: WireConnection): ConnectionInfo {
@@ -787,12 +733,8 @@ export function captureOptions(global: object = globalThis): Readonly<Record<str
 }
 
 /** Builds a runtime over the given host services. Tests pass fakes; the isolate uses the captured globals. */
-export function createRuntime(
-  host: HostServices,
-  options: Readonly<Record<string, unknown>> = Object.freeze({}),
-  done?: HostReference,
-): Runtime {
-  const { services, deliver } = makeServices(host);
+export function createRuntime(host: HostServices, options: Readonly<Record<string, unknown>> = Object.freeze({})): Runtime {
+  const services = makeServices(host);
   const connections = new Map<string, ConnectionState>();
   let plugin: AnyPlugin | undefined;
 
@@ -936,41 +878,8 @@ export function createRuntime(
         throw forHost(err);
       }
     },
-    start(id, call) {
-      const ref = done ?? fail('MILTERD_PLUGIN_LOAD', 'the host gave this sandbox no done Reference');
-      const report = (ok: boolean, value: unknown): void => {
-        try {
-          ref.applySync(undefined, [id, ok, value], COPY_ARGS);
-        } catch (err) {
-          // The answer could not be copied out (something structured clone refuses).
-          try {
-            ref.applySync(undefined, [id, false, { message: `[MILTERD_PLUGIN_OUTPUT] the plugin's answer could not be copied: ${messageOf(err)}` }], COPY_ARGS);
-          } catch {
-            // the host is gone; nothing left to tell
-          }
-        }
-      };
-      run(call).then(
-        (result) => report(true, result),
-        (err: unknown) => report(false, { message: messageOf(forHost(err)) }),
-      );
-    },
-    deliver,
   };
 }
 
-/** An error's message as a string, without trusting the thrown value. */
-function messageOf(err: unknown): string {
-  try {
-    if (typeof err === 'object' && err !== null) {
-      const m = (err as { message?: unknown }).message;
-      if (typeof m === 'string') return m;
-    }
-    return String(err);
-  } catch {
-    return 'an unprintable error';
-  }
-}
-
 /** The runtime of this isolate, over the host globals captured (and deleted) right now. */
-export const defaultRuntime: Runtime = createRuntime(captureHostGlobals(), captureOptions(), captureDone());
+export const defaultRuntime: Runtime = createRuntime(captureHostGlobals(), captureOptions());

@@ -17,10 +17,8 @@ import { MilterdError, type ErrorCode, ERRORS } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import { countBreakerOpen, countRestart } from '../metrics.ts';
 import type { Capability, WireCall, WireDescription, WireResult } from '../../sdk/src/protocol.ts';
-import type { Socket } from 'node:net';
-import type { FromSandbox, PluginLog, SandboxLimits, ToLane, ToSandbox } from './messages.ts';
+import type { FromSandbox, PluginLog, SandboxLimits, ToSandbox } from './messages.ts';
 import type { StorageSettings } from './kv.ts';
-import { FrameSplitter, encodeFrames } from './frames.ts';
 
 const WORKER = fileURLToPath(new URL('./worker.ts', import.meta.url));
 
@@ -71,12 +69,6 @@ function pluginError(code: string, message: string, plugin: string, logs?: reado
   return new MilterdError(c, message, { details: { plugin, ...(logs && logs.length > 0 ? { logs } : {}) } });
 }
 
-/**
- * The signal a sandbox process ends itself with when plugin code that V8 cannot interrupt
- * holds its main thread past the call's limit (the stuck-entry watchdog in worker.ts).
- */
-const STUCK_SIGNAL = 'SIGUSR2';
-
 /** Call errors raised because the call never reached the sandbox process. */
 const NOT_SENT = new WeakSet<object>();
 
@@ -98,24 +90,13 @@ function rssMb(pid: number): number | undefined {
   }
 }
 
-/** Lanes of a warm spare process (the default pool size). */
-const SPARE_LANES = 2;
-const laneCounts = new WeakMap<ChildProcess, number>();
-
-/** The lane pipes of a sandbox process: stdio 4, 5, ... (see lane.ts). */
-function lanePipes(c: ChildProcess): Socket[] {
-  return c.stdio.slice(4, 4 + (laneCounts.get(c) ?? 0)) as Socket[];
-}
-
-function forkSandbox(lanes: number): ChildProcess {
-  const c = fork(WORKER, [], {
+function forkSandbox(): ChildProcess {
+  return fork(WORKER, [], {
     execArgv: ['--no-node-snapshot', '--disable-warning=ExperimentalWarning'],
     serialization: 'advanced',
-    stdio: ['ignore', 'inherit', 'inherit', 'ipc', ...Array.from({ length: lanes }, () => 'pipe' as const)],
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
     env: {}, // plugins get no environment, and the sandbox process needs none
   });
-  laneCounts.set(c, lanes);
-  return c;
 }
 
 /**
@@ -127,10 +108,9 @@ let spare: ChildProcess | undefined;
 let keepSpare = false;
 
 function freshSpare(): ChildProcess {
-  const c = forkSandbox(SPARE_LANES);
+  const c = forkSandbox();
   c.unref();
   c.channel?.unref();
-  for (const p of lanePipes(c)) p.unref();
   // A spare that dies before use is simply not used.
   c.once('exit', () => {
     if (spare === c) spare = undefined;
@@ -138,19 +118,17 @@ function freshSpare(): ChildProcess {
   return c;
 }
 
-/** A sandbox process for a new plugin: the warm spare if there is one (with as many lanes), else a new one. */
-function takeSandboxProcess(lanes: number): ChildProcess {
+/** A sandbox process for a new plugin: the warm spare if there is one, else a new one. */
+function takeSandboxProcess(): ChildProcess {
   const c = spare;
-  if (c === undefined || laneCounts.get(c) !== lanes) return forkSandbox(lanes);
   spare = undefined;
   if (keepSpare) spare = freshSpare();
-  if (c.connected && c.exitCode === null) {
+  if (c !== undefined && c.connected && c.exitCode === null) {
     c.ref();
     c.channel?.ref();
-    for (const p of lanePipes(c)) p.ref();
     return c;
   }
-  return forkSandbox(lanes);
+  return forkSandbox();
 }
 
 /** Keeps (or stops keeping) one warm sandbox process ready, for fast reloads. */
@@ -170,12 +148,7 @@ export class Supervisor {
   #child: ChildProcess | undefined;
   #ready: Promise<WireDescription> | undefined;
   readonly #pending = new Map<number, Pending>();
-  /** Per lane: the calls of this event-loop turn, written together. */
-  #outboxes: { readonly msg: ToLane; readonly done: (err: Error | null) => void }[][] = [];
-  #lanes: Socket[] = [];
-  /** Connection → lane: a connection's calls all go to one lane, where its state lives. */
-  readonly #affinity = new Map<string, number>();
-  #rr = 0;
+  #outbox: { readonly msg: ToSandbox; readonly done: (err: Error | null) => void }[] = [];
   #seq = 0;
   #stopped = false;
   #restarts = 0;
@@ -216,29 +189,9 @@ export class Supervisor {
   #spawn(): Promise<WireDescription> {
     const o = this.#o;
     this.#killReason = undefined;
-    const child = takeSandboxProcess(Math.max(1, o.poolSize));
+    const child = takeSandboxProcess();
     this.#child = child;
     this.#startedAt = Date.now();
-    // A new process has none of the old one's per-connection state: connections start over.
-    this.#affinity.clear();
-    this.#lanes = lanePipes(child);
-    this.#outboxes = this.#lanes.map(() => []);
-    for (const pipe of this.#lanes) {
-      const frames = new FrameSplitter();
-      pipe.on('data', (chunk: Buffer) => {
-        let messages: FromSandbox[];
-        try {
-          messages = frames.push(chunk) as FromSandbox[];
-        } catch (err) {
-          this.#log.error({ code: 'MILTERD_PLUGIN_CRASHED', err: (err as Error).message }, 'unreadable answer from the sandbox; killing it');
-          child.kill('SIGKILL');
-          return;
-        }
-        if (this.#child === child) for (const m of messages) this.#onMessage(m);
-      });
-      // EPIPE and the like when the process dies: its exit is what is handled.
-      pipe.on('error', () => undefined);
-    }
     const ready = new Promise<WireDescription>((resolve, reject) => {
       const onMessage = (m: FromSandbox): void => {
         if (m.type === 'ready') {
@@ -298,6 +251,9 @@ export class Supervisor {
 
   #onMessage(m: FromSandbox): void {
     switch (m.type) {
+      case 'batch':
+        for (const x of m.items) this.#onMessage(x);
+        return;
       case 'result': {
         const p = this.#pending.get(m.id);
         if (p === undefined) return; // answered late, after our own watchdog
@@ -338,14 +294,10 @@ export class Supervisor {
   #onExit(child: ChildProcess, code: number | null, signal: NodeJS.Signals | null): void {
     if (this.#child !== child) return;
     clearInterval(this.#memTimer);
-    const reason =
-      this.#killReason ??
-      (signal === STUCK_SIGNAL
-        ? {
-            code: 'MILTERD_PLUGIN_CPU' as ErrorCode,
-            message: 'plugin code that V8 cannot interrupt ran past its CPU limit; its sandbox process was ended',
-          }
-        : { code: 'MILTERD_PLUGIN_CRASHED' as ErrorCode, message: `sandbox process exited (${signal ?? `code ${code}`})` });
+    const reason = this.#killReason ?? {
+      code: 'MILTERD_PLUGIN_CRASHED' as ErrorCode,
+      message: `sandbox process exited (${signal ?? `code ${code}`})`,
+    };
     for (const [id, p] of this.#pending) {
       this.#pending.delete(id);
       clearTimeout(p.timer);
@@ -461,44 +413,32 @@ export class Supervisor {
   notify(call: WireCall): void {
     const child = this.#child;
     if (this.#stopped || child === undefined || !child.connected) return;
-    this.#post(child, { type: 'notify', call }, () => undefined);
-  }
-
-  /** The lane of a connection: the same for all its calls, assigned round robin, forgotten at close. */
-  #laneOf(call: WireCall): number {
-    let lane = this.#affinity.get(call.conn);
-    if (lane === undefined) {
-      lane = this.#rr++ % this.#lanes.length;
-      if (call.phase !== 'close') this.#affinity.set(call.conn, lane);
-    } else if (call.phase === 'close') this.#affinity.delete(call.conn);
-    return lane;
+    const msg: ToSandbox = { type: 'notify', call };
+    this.#post(child, msg, () => undefined);
   }
 
   /**
-   * Calls of one event-loop turn go out in one write per lane: with many connections in
-   * flight, one write (and one wake-up of the lane) per turn instead of one per call.
+   * Calls of one event-loop turn go out in one IPC write: with many connections in flight, one
+   * write (and one wake-up of the sandbox process) per turn instead of one per call.
    */
-  #post(child: ChildProcess, msg: ToLane, done: (err: Error | null) => void): void {
-    const lane = this.#laneOf(msg.call);
-    const box = this.#outboxes[lane]!;
-    box.push({ msg, done });
-    if (box.length === 1) setImmediate(() => this.#flush(child, lane));
+  #post(child: ChildProcess, msg: ToSandbox, done: (err: Error | null) => void): void {
+    this.#outbox.push({ msg, done });
+    if (this.#outbox.length === 1) setImmediate(() => this.#flush(child));
   }
 
-  #flush(child: ChildProcess, lane: number): void {
-    if (this.#child !== child) return; // restarted meanwhile: #onExit failed these calls
-    const items = this.#outboxes[lane]!;
-    this.#outboxes[lane] = [];
+  #flush(child: ChildProcess): void {
+    const items = this.#outbox;
+    this.#outbox = [];
     if (items.length === 0) return;
-    const callback = (err: Error | null | undefined): void => {
-      for (const i of items) i.done(err ?? null);
+    const callback = (err: Error | null): void => {
+      for (const i of items) i.done(err);
     };
-    const pipe = this.#lanes[lane]!;
-    if (!child.connected || pipe.destroyed) {
+    if (!child.connected) {
       callback(new Error('the sandbox process is gone'));
       return;
     }
-    pipe.write(encodeFrames(items.map((i) => i.msg)), callback);
+    const msg: ToSandbox = items.length === 1 ? items[0]!.msg : { type: 'batch', items: items.map((i) => i.msg) };
+    child.send(msg, callback);
   }
 
   #send(call: WireCall, timeoutMs: number): Promise<CallResult> {
@@ -518,7 +458,8 @@ export class Supervisor {
       }, timeoutMs);
       const pending: Pending = { resolve, reject, timer, sent: false };
       this.#pending.set(id, pending);
-      this.#post(child, { type: 'call', id, call }, (err) => {
+      const msg: ToSandbox = { type: 'call', id, call };
+      this.#post(child, msg, (err) => {
         if (!err) pending.sent = true;
         else if (this.#pending.has(id)) {
           this.#pending.delete(id);

@@ -182,28 +182,25 @@ test('a promise that never settles (envrcpt) is cut at the wall-clock limit', as
 });
 
 test('work V8 cannot interrupt is answered at its CPU limit, and the connection goes on at once', async (t) => {
-  // isolated-vm's timeout cannot stop it and its lane's thread stays busy (until isolated-vm
-  // would abort the process, ~5 s later): the sandbox's stuck-entry watchdog ends the process
-  // at the limit plus its margin, the daemon answers the call by policy and restarts the
-  // sandbox, and the connection's next message is served by the fresh one.
+  // The isolate's thread stays busy after dispose (until isolated-vm aborts the process, about
+  // 5 s later): the slot must serve its next call on a fresh isolate meanwhile, not wait.
   const h = await harness(t, [hostile('uninterruptible', { limits: { messageMs: MESSAGE_MS } }), headerStamp]);
   const name = h.plugins[0]!.manifest.name;
   const c = await h.open();
   const bad = await h.send(c, HOSTILE_FROM);
   assert.ok(bad.ms < LIMITS.cpuMs + SLACK_MS, `${Math.round(bad.ms)} ms\n${h.dump()}`);
   assert.deepEqual(bad.added, [STAMP]);
-  assert.ok(
-    h.failures(name, 'MILTERD_PLUGIN_CPU', 'eom').some((l) => /cannot interrupt/.test(String(l.err))),
-    h.dump(),
-  );
+  assert.ok(h.failures(name, 'MILTERD_PLUGIN_CPU', 'eom').length > 0, h.dump());
+  // Same connection, so the same isolate slot.
   const next = await h.send(c, CLEAN_FROM);
   assert.ok(next.ms < 1000, `the next message on the connection took ${Math.round(next.ms)} ms\n${h.dump()}`);
   assert.deepEqual(next.added, ['X-Hostile-Stuck', STAMP], h.dump());
   await closeAll(c);
-  // Ended by the sandbox's own watchdog, not by the daemon's last-resort call timeout.
+  // Answered by the sandbox's own watchdog: no kill by the supervisor was needed (the process
+  // does die later, when isolated-vm gives up on the stuck thread, after this test).
   assert.equal(h.failures(name, 'MILTERD_PLUGIN_WALL', 'close').length, 0, h.dump());
   assert.deepEqual(h.logs.filter((l) => l.plugin === name && l.level >= 50), [], 'supervisor errors');
-  assert.equal(h.plugins[0]!.supervisor.status().restarts, 1);
+  assert.equal(h.plugins[0]!.supervisor.status().restarts, 0);
 });
 
 // --- memory ---------------------------------------------------------------------------------
@@ -236,23 +233,19 @@ test('a memory bomb (strings) is stopped at the isolate memory limit', async (t)
 });
 
 test('an object with millions of keys takes its sandbox process down (isolated-vm#457); it restarts', async (t) => {
-  // CPU and wall limits high enough for the object to reach the memory limit first. V8 then
-  // runs garbage collections that cannot be interrupted and never finish (isolated-vm's
-  // timeout cannot stop them, and V8 did not give up within 10 s here): the sandbox's
-  // stuck-entry watchdog ends the process at the CPU limit plus its margin.
+  // CPU and wall limits high enough for V8 to run out of memory first: a catastrophic error.
   const limits = { memoryMb: 16, cpuMs: 2000, wallMs: 2000, messageMs: 6000 };
   const { h } = await misbehave(t, {
     fixture: 'many-keys',
     limits,
-    code: 'MILTERD_PLUGIN_CPU',
+    code: 'MILTERD_PLUGIN_CRASHED',
     hook: 'eom',
-    budgetMs: limits.cpuMs,
+    budgetMs: limits.wallMs,
     okHeader: 'X-Hostile-Keys',
     crashes: true,
   });
   assert.equal(h.plugins[0]!.supervisor.status().restarts, 1);
-  const name = h.plugins[0]!.manifest.name;
-  assert.ok(h.logs.some((l) => l.plugin === name && l.code === 'MILTERD_PLUGIN_CPU' && /cannot interrupt.*restarting/.test(l.msg)), h.dump());
+  assert.ok(h.logs.some((l) => l.plugin === h.plugins[0]!.manifest.name && l.code === 'MILTERD_PLUGIN_CRASHED' && /restarting/.test(l.msg)));
 });
 
 // --- errors ---------------------------------------------------------------------------------

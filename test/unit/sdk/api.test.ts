@@ -16,11 +16,9 @@ test('SDK_VERSION is the package version', () => {
 test('the module exports the public API and the host entry points, nothing else', () => {
   assert.deepEqual(Object.keys(sdk).sort(), [
     'SDK_VERSION',
-    '__deliver',
     '__describe',
     '__dispatch',
     '__register',
-    '__start',
     'definePlugin',
     'verdict',
   ]);

@@ -5,12 +5,6 @@ import type { Action, WireCall, WireCallBase, WireHeader } from '../../../sdk/sr
 /** A fake isolated-vm Reference to a host function; records calls, copies arguments like `{ copy: true }`. */
 export interface FakeReference extends HostReference {
   readonly calls: unknown[][];
-  /**
-   * Set (by the test's runtime helper) for asynchronous services: applySync then takes a
-   * ticket first, as the sandbox's kv and dns References do, and the value `fn` returns (or
-   * resolves to) is answered later through this, like the sandbox's `__deliver` entry.
-   */
-  deliver?: (ticket: number, value: unknown) => void;
 }
 
 export function fakeRef(fn: (...args: unknown[]) => unknown): FakeReference {
@@ -20,7 +14,7 @@ export function fakeRef(fn: (...args: unknown[]) => unknown): FakeReference {
     calls.push(copy);
     return fn(...copy);
   };
-  const ref: FakeReference = {
+  return {
     calls,
     async apply(_receiver, args) {
       return structuredClone(await run(args));
@@ -29,15 +23,9 @@ export function fakeRef(fn: (...args: unknown[]) => unknown): FakeReference {
       run(args);
     },
     applySync(_receiver, args) {
-      const deliver = ref.deliver;
-      if (deliver === undefined) return run(args);
-      const [ticket, ...rest] = args as [number, ...unknown[]];
-      const value = run(rest); // a synchronous throw fails the call at once, as in the sandbox
-      void Promise.resolve(value).then((v) => deliver(ticket, structuredClone(v)));
-      return undefined;
+      return run(args);
     },
   };
-  return ref;
 }
 
 /** What every call carries, for connection `conn` and message `msg`. */

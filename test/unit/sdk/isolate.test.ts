@@ -1,9 +1,7 @@
 /**
  * The built single-file runtime in a real isolated-vm isolate, loaded the way milterd loads it:
  * host References on hidden globals, the SDK module evaluated first, then a bootstrap module
- * importing the plugin and registering it; then calls entered synchronously (`__start`), the
- * outcome reported through `done`, and asynchronous host services answered by ticket through
- * `__deliver` (as src/sandbox/worker.ts does).
+ * importing the plugin and registering it, then calls copied in and results copied out.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -61,24 +59,17 @@ test('the built runtime runs a plugin in an isolate: eom replay, mods, host serv
   const logged: unknown[][] = [];
   const counters = new Map<string, number>();
   const g = context.global;
-  const outcomes = new Map<number, { ok: boolean; value: unknown }>();
-  let deliverRef: ivm.Reference | undefined;
-  await g.set('__milterd_done', new ivm.Reference((id: number, ok: boolean, value: unknown) => void outcomes.set(id, { ok, value })));
   await g.set('__milterd_log', new ivm.Reference((...args: unknown[]) => void logged.push(args)));
   await g.set('__milterd_clock', new ivm.Reference(() => 1_700_000_000_000));
   await g.set(
     '__milterd_kv',
-    new ivm.Reference((ticket: number, op: string, key: string, by: number) => {
-      // Failures are answered as data, never thrown (see HostFailure in sdk/src/runtime.ts).
-      let value: unknown = null;
-      if (key === 'down') value = { error: { code: 'MILTERD_PLUGIN_KV', message: 'store unreachable' } };
-      else if (op === 'incr') {
-        const n = (counters.get(key) ?? 0) + by;
-        counters.set(key, n);
-        value = n;
-      }
-      // Answered later, in an entry of its own, as the sandbox does when the store replies.
-      setImmediate(() => deliverRef!.applySync(undefined, [ticket, value], { arguments: { copy: true }, timeout: 1000 }));
+    new ivm.Reference(async (op: string, key: string, by: number) => {
+      // Failures are resolved as data, never rejected (see HostFailure in sdk/src/runtime.ts).
+      if (key === 'down') return { error: { code: 'MILTERD_PLUGIN_KV', message: 'store unreachable' } };
+      if (op !== 'incr') return null;
+      const n = (counters.get(key) ?? 0) + by;
+      counters.set(key, n);
+      return n;
     }),
   );
 
@@ -96,23 +87,18 @@ test('the built runtime runs a plugin in an isolate: eom replay, mods, host serv
 
   const describe = await sdk.namespace.get('__describe', { reference: true });
   assert.deepEqual(await describe.apply(undefined, [], { result: { copy: true } }), {
-    protocol: 2,
+    protocol: 1,
     sdkVersion: '1.0.0',
     hooks: ['header', 'eom'],
   });
 
-  const startRef = await sdk.namespace.get('__start', { reference: true });
-  deliverRef = await sdk.namespace.get('__deliver', { reference: true });
-  let ids = 0;
-  const dispatch = async (call: WireCall): Promise<WireResult> => {
-    const id = ++ids;
-    startRef.applySync(undefined, [id, call], { arguments: { copy: true }, timeout: 1000 });
-    // This plugin awaits kv, so the outcome comes during a later __deliver entry.
-    while (!outcomes.has(id)) await new Promise((r) => setImmediate(r));
-    const { ok, value } = outcomes.get(id)!;
-    if (!ok) throw new Error((value as { message: string }).message);
-    return value as WireResult;
-  };
+  const dispatchRef = await sdk.namespace.get('__dispatch', { reference: true });
+  const dispatch = async (call: WireCall): Promise<WireResult> =>
+    (await dispatchRef.apply(undefined, [call], {
+      arguments: { copy: true },
+      result: { promise: true, copy: true },
+      timeout: 1000,
+    })) as WireResult;
 
   const first = await dispatch(eomCall({ actions: ['addHeader', 'changeHeader', 'quarantine'] }));
   assert.deepEqual(first, {

@@ -7,11 +7,10 @@ import assert from 'node:assert/strict';
 import { createRuntime, captureHostGlobals, type HostServices, type Runtime } from '../../../sdk/src/runtime.ts';
 import { definePlugin, verdict, type Plugin, type PluginContext, type PluginState } from '../../../sdk/src/index.ts';
 import type { WireCall, WireResult } from '../../../sdk/src/protocol.ts';
-import { base, eomCall, fakeRef, hdrs, type FakeReference } from './helpers.ts';
+import { base, eomCall, fakeRef, hdrs } from './helpers.ts';
 
 function runtime<C extends object = PluginState, M extends object = PluginState>(def: Plugin<C, M>, host: HostServices = {}): Runtime {
   const rt = createRuntime(host);
-  for (const ref of [host.kv, host.dns]) if (ref !== undefined) (ref as FakeReference).deliver = rt.deliver;
   rt.register(def);
   return rt;
 }
@@ -42,7 +41,7 @@ test('registration checks the plugin shape and describes its hooks', () => {
     close(): void {}
   }
   rt.register(new Counter()); // inherited hooks count
-  assert.deepEqual(rt.describe(), { protocol: 2, sdkVersion: '1.0.0', hooks: ['envrcpt', 'close'] });
+  assert.deepEqual(rt.describe(), { protocol: 1, sdkVersion: '1.0.0', hooks: ['envrcpt', 'close'] });
   assert.throws(() => rt.register({ eom() {} }), { message: /already registered/ });
 });
 
