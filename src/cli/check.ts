@@ -46,7 +46,7 @@ export async function check(file: string): Promise<string> {
         m.capabilities.length > p.granted.length ? ` (asked but not granted: ${m.capabilities.filter((c) => !p.granted.includes(c)).join(', ')})` : ''
       }`);
       const l = { ...m.limits, ...cfg.limits };
-      out.push(`     limits: memory ${l.memoryMb} MB, cpu ${l.cpuMs} ms, wall ${l.wallMs} ms, message ${l.messageMs} ms; pool ${cfg.poolSize}; on error: ${cfg.onError ?? config.filters.onError}`);
+      out.push(`     limits: memory ${l.memoryMb} MB, cpu ${l.cpuMs} ms, wall ${l.wallMs} ms, message ${l.messageMs} ms; pool ${cfg.poolSize}; on error: ${cfg.onError ?? config.filters.onError}; breaker: ${cfg.breaker?.threshold ?? 5} failures of a hook, off ${cfg.breaker?.cooldownMs ?? 10_000} ms`);
     });
     const chain = new Chain(plugins.map((p) => p.entry));
     const neg = negotiate({ version: SMFI_PROT_VERSION, actions: SMFI_CURR_ACTS, protocol: SMFI_CURR_PROT }, chain.needs);

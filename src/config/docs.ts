@@ -45,6 +45,8 @@ function rows(n: Node, prefix: string, out: string[]): void {
     }
     const def = child.default === undefined ? '—' : `\`${JSON.stringify(child.default)}\``;
     out.push(`| \`${path}\` | ${typeOf(child)} | ${def} | ${constraints(child) || '—'} | ${child.description ?? ''} |`);
+    // A list of objects (the chain): its entries' keys too, as `chain[].key`.
+    if (child.type === 'array' && child.items?.type === 'object' && child.items.properties) rows(child.items, `${path}[]`, out);
   }
 }
 

@@ -115,6 +115,27 @@ export const ConfigSchema = Type.Object(
               description: "Passed to the plugin as ctx.options; validated against the plugin's optionsSchema if it has one.",
             }),
           ),
+          breaker: Type.Optional(
+            Type.Object(
+              {
+                threshold: Type.Optional(
+                  Type.Integer({
+                    minimum: 1,
+                    maximum: 1000,
+                    description: 'Failures in a row of one hook (crash, CPU, wall clock, memory) that switch the plugin off; default 5.',
+                  }),
+                ),
+                cooldownMs: Type.Optional(
+                  Type.Integer({
+                    minimum: 100,
+                    maximum: 300_000,
+                    description: 'First time switched off, ms; doubles after each failed retry, up to 5 min; default 10000.',
+                  }),
+                ),
+              },
+              { additionalProperties: false, description: 'Circuit breaker of this plugin.' },
+            ),
+          ),
           poolSize: Type.Integer({
             minimum: 1,
             maximum: 64,

@@ -37,6 +37,8 @@ export interface PluginEntryConfig {
   readonly options?: unknown;
   /** Isolates in the plugin's sandbox process (parallel connections). */
   readonly poolSize?: number;
+  /** Circuit breaker: failures in a row (of one hook) that switch the plugin off, and the first cool-down. */
+  readonly breaker?: { readonly threshold?: number; readonly cooldownMs?: number };
 }
 
 /** The SDK runtime that plugins' `@milterd/sdk` imports resolve to inside their isolates. */
@@ -145,6 +147,8 @@ export async function loadPlugin(cfg: PluginEntryConfig, ctx: LoadContext, prepa
     // Node itself (~60 MB) plus, per isolate, up to 3× its heap limit (the limit is soft).
     processMemoryMb: 160 + poolSize * limits.memoryMb * 3,
     logger: ctx.logger,
+    ...(cfg.breaker?.threshold === undefined ? {} : { breakerThreshold: cfg.breaker.threshold }),
+    ...(cfg.breaker?.cooldownMs === undefined ? {} : { breakerCooldownMs: cfg.breaker.cooldownMs }),
   });
   const description = await supervisor.start();
   try {

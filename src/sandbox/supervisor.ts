@@ -36,7 +36,7 @@ export interface SupervisorOptions {
   /** RSS above which the sandbox process is killed, MB (backs the soft isolate limit). */
   readonly processMemoryMb: number;
   readonly logger: Logger;
-  /** Consecutive failures (crash, CPU, wall, memory) that open the breaker. Default 5. */
+  /** Consecutive failures of one hook (crash, CPU, wall, memory) that open the breaker. Default 5. */
   readonly breakerThreshold?: number;
   /** First breaker cool-down, ms; doubles on each failed retry up to 5 min. Default 10 000. */
   readonly breakerCooldownMs?: number;
@@ -60,6 +60,8 @@ interface Pending {
   readonly resolve: (r: CallResult) => void;
   readonly reject: (e: MilterdError) => void;
   readonly timer: NodeJS.Timeout;
+  /** The call's phase (failures count against the breaker per hook). */
+  readonly phase: string;
   /** The call was written to the process's pipe (it may have been read). */
   sent: boolean;
 }
@@ -156,7 +158,12 @@ export class Supervisor {
   #startedAt = 0;
   #killReason: { code: ErrorCode; message: string } | undefined;
   #memTimer: NodeJS.Timeout | undefined;
-  #consecutive = 0;
+  /**
+   * Failures in a row, per hook. Per hook, not per plugin: a plugin that crashes at every end
+   * of message but answers its envelope calls would otherwise never reach the threshold, each
+   * good envrcpt resetting the count.
+   */
+  readonly #consecutive = new Map<string, number>();
   #openUntil = 0;
   #cooldown: number;
   description: WireDescription | undefined;
@@ -260,10 +267,10 @@ export class Supervisor {
         this.#pending.delete(m.id);
         clearTimeout(p.timer);
         if (m.error !== undefined) {
-          this.#fail(m.error.code);
+          this.#fail(m.error.code, p.phase);
           p.reject(pluginError(m.error.code, m.error.message, this.#o.plugin, m.logs));
         } else {
-          this.#consecutive = 0;
+          this.#consecutive.delete(p.phase);
           if (this.#openUntil !== 0) {
             // The retry after a cool-down succeeded: the breaker is closed, and a later opening
             // starts again from the first cool-down.
@@ -276,7 +283,7 @@ export class Supervisor {
         return;
       }
       case 'notice':
-        this.#fail(m.error.code);
+        this.#fail(m.error.code, m.phase);
         this.#log.warn(
           { plugin: this.#o.plugin, hook: m.phase, code: m.error.code, err: m.error.message },
           `plugin ${this.#o.plugin} failed in ${m.phase}: ${m.error.message}`,
@@ -298,6 +305,8 @@ export class Supervisor {
       code: 'MILTERD_PLUGIN_CRASHED' as ErrorCode,
       message: `sandbox process exited (${signal ?? `code ${code}`})`,
     };
+    // The hooks whose calls died with the process (once each), or the process itself.
+    const phases = new Set([...this.#pending.values()].map((p) => p.phase));
     for (const [id, p] of this.#pending) {
       this.#pending.delete(id);
       clearTimeout(p.timer);
@@ -308,7 +317,10 @@ export class Supervisor {
     }
     if (this.#stopped) return;
     // A kill by our own call watchdog was already counted when it fired.
-    if (!(this.#killReason?.code === 'MILTERD_PLUGIN_WALL')) this.#fail(reason.code);
+    if (!(this.#killReason?.code === 'MILTERD_PLUGIN_WALL')) {
+      if (phases.size === 0) phases.add('process');
+      for (const phase of phases) this.#fail(reason.code, phase);
+    }
     this.#restarts++;
     countRestart(this.#o.plugin, reason.code);
     // Backoff doubles while the process keeps dying young; a process that lived 30 s resets it.
@@ -333,16 +345,17 @@ export class Supervisor {
    * doubled its cool-down on the next opening even after long healthy periods, and logged
    * "retrying a switched-off plugin" before every later call.
    */
-  #fail(code: string): void {
+  #fail(code: string, phase: string): void {
     if (!BREAKER_CODES.has(code)) return;
-    this.#consecutive++;
+    const n = (this.#consecutive.get(phase) ?? 0) + 1;
+    this.#consecutive.set(phase, n);
     const threshold = this.#o.breakerThreshold ?? 5;
     const now = Date.now();
     const failedRetry = this.#openUntil !== 0 && now >= this.#openUntil;
-    if (failedRetry || this.#consecutive >= threshold) {
+    if (failedRetry || n >= threshold) {
       if (failedRetry) this.#cooldown = Math.min(this.#cooldown * 2, 300_000);
       this.#openUntil = now + this.#cooldown;
-      this.#consecutive = 0;
+      this.#consecutive.clear();
       countBreakerOpen(this.#o.plugin);
       this.#log.error(
         { code: 'MILTERD_PLUGIN_CIRCUIT_OPEN', cause: code, retryInMs: this.#cooldown },
@@ -452,11 +465,11 @@ export class Supervisor {
         this.#pending.delete(id);
         this.#killReason = { code: 'MILTERD_PLUGIN_WALL', message: `sandbox did not answer ${call.phase} within ${timeoutMs} ms` };
         this.#log.error({ code: 'MILTERD_PLUGIN_WALL', hook: call.phase }, `${this.#killReason.message}; killing it`);
-        this.#fail('MILTERD_PLUGIN_WALL');
+        this.#fail('MILTERD_PLUGIN_WALL', call.phase);
         reject(pluginError('MILTERD_PLUGIN_WALL', this.#killReason.message, this.#o.plugin));
         child.kill('SIGKILL');
       }, timeoutMs);
-      const pending: Pending = { resolve, reject, timer, sent: false };
+      const pending: Pending = { resolve, reject, timer, phase: call.phase, sent: false };
       this.#pending.set(id, pending);
       const msg: ToSandbox = { type: 'call', id, call };
       this.#post(child, msg, (err) => {

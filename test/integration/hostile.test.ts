@@ -541,7 +541,6 @@ for (const [fixture, code] of [
 // --- supervision ----------------------------------------------------------------------------
 
 test('circuit breaker (configured defaults): after 5 runaway calls the plugin is switched off and calls fail fast', async (t) => {
-  // A fixture with no hook but eom: a successful call in between (envrcpt, close) resets the count.
   const cpuMs = 300;
   const h = await harness(t, [hostile('loop-after-await', { limits: { cpuMs, wallMs: 1000, messageMs: 4000 } }), headerStamp]);
   const name = h.plugins[0]!.manifest.name;
@@ -561,7 +560,34 @@ test('circuit breaker (configured defaults): after 5 runaway calls the plugin is
   await closeAll(c);
 });
 
-/** The chain entry of a fixture with its own Supervisor, for breaker settings loadPlugin does not expose. */
+test('circuit breaker (configured per plugin): failures are counted per hook, so good envelope calls in between do not hide a failing end of message', async (t) => {
+  // The loop fixture answers envrcpt at once and spins in eom: each message is one good call and
+  // one CPU failure. Counted per plugin, each good envrcpt reset the count and the breaker never
+  // opened, however often eom failed.
+  const cpuMs = 150;
+  const h = await harness(t, [
+    hostile('loop', { limits: { cpuMs, wallMs: 1000, messageMs: 4000 }, breaker: { threshold: 2, cooldownMs: 60_000 } }),
+    headerStamp,
+  ]);
+  const name = h.plugins[0]!.manifest.name;
+  const c = await h.open();
+  for (let i = 0; i < 2; i++) {
+    const s = await h.send(c, HOSTILE_FROM);
+    assert.ok(s.ms >= cpuMs * 0.8, `run ${i}: ${Math.round(s.ms)} ms`);
+    assert.deepEqual(s.added, [STAMP]);
+  }
+  assert.ok(h.failures(name, 'MILTERD_PLUGIN_CPU', 'eom').length >= 2, h.dump());
+  const opened = h.logs.filter((l) => l.plugin === name && l.code === 'MILTERD_PLUGIN_CIRCUIT_OPEN');
+  assert.equal(opened.length, 1, h.dump());
+  assert.equal(opened[0]!.retryInMs, 60_000, 'the configured cool-down');
+  assert.equal(h.plugins[0]!.supervisor.status().state, 'open');
+  const fast = await h.send(c, HOSTILE_FROM);
+  assert.ok(fast.ms < cpuMs, `${Math.round(fast.ms)} ms`);
+  assert.deepEqual(fast.added, [STAMP]);
+  await closeAll(c);
+});
+
+/** The chain entry of a fixture with its own Supervisor (built here, not by loadPlugin), with breaker settings. */
 async function supervised(
   t: TestContext,
   fixture: string,

@@ -276,6 +276,20 @@ describe('chain entries', () => {
     );
   });
 
+  it('take circuit breaker settings, checked', () => {
+    const c = parseConfig('chain:\n  - plugin: ./a\n    breaker: { threshold: 3, cooldownMs: 30000 }\n', FILE);
+    assert.deepEqual(c.chain[0]!.breaker, { threshold: 3, cooldownMs: 30000 });
+    assert.throws(
+      () => parseConfig('chain:\n  - plugin: ./a\n    breaker: { threshold: 0, cooldownMs: 10, after: 1 }\n', FILE),
+      (err: MilterdError) => {
+        assert.match(err.message, /chain\[0\]\.breaker\.threshold: expected a value that must be >= 1/);
+        assert.match(err.message, /chain\[0\]\.breaker\.cooldownMs: expected a value that must be >= 100/);
+        assert.match(err.message, /chain\[0\]\.breaker\.after: unknown key/);
+        return true;
+      },
+    );
+  });
+
   it('config/default.yaml (what npm start uses) is valid and chains the example plugins', async () => {
     const c = await loadConfig(new URL('../../../config/default.yaml', import.meta.url).pathname);
     assert.deepEqual(
