@@ -7,6 +7,7 @@
 import { dirname, resolve } from 'node:path';
 import { Chain } from '../chain/chain.ts';
 import { loadConfig } from '../config/load.ts';
+import { BREAKER_DEFAULTS } from '../config/schema.ts';
 import { silentLogger } from '../log.ts';
 import { SMFI_CURR_ACTS, SMFI_CURR_PROT, SMFI_PROT_VERSION, SMFIF, SMFIM, SMFIP } from '../protocol/constants.ts';
 import { loadChain, loadSdkRuntime } from '../plugins/load.ts';
@@ -46,7 +47,7 @@ export async function check(file: string): Promise<string> {
         m.capabilities.length > p.granted.length ? ` (asked but not granted: ${m.capabilities.filter((c) => !p.granted.includes(c)).join(', ')})` : ''
       }`);
       const l = { ...m.limits, ...cfg.limits };
-      out.push(`     limits: memory ${l.memoryMb} MB, cpu ${l.cpuMs} ms, wall ${l.wallMs} ms, message ${l.messageMs} ms; pool ${cfg.poolSize}; on error: ${cfg.onError ?? config.filters.onError}; breaker: ${cfg.breaker?.threshold ?? 5} failures of a hook, off ${cfg.breaker?.cooldownMs ?? 10_000} ms`);
+      out.push(`     limits: memory ${l.memoryMb} MB, cpu ${l.cpuMs} ms, wall ${l.wallMs} ms, message ${l.messageMs} ms; pool ${cfg.poolSize}; on error: ${cfg.onError ?? config.filters.onError}; breaker: ${cfg.breaker?.threshold ?? BREAKER_DEFAULTS.threshold} failures of a hook, off ${cfg.breaker?.cooldownMs ?? BREAKER_DEFAULTS.cooldownMs} ms`);
     });
     const chain = new Chain(plugins.map((p) => p.entry));
     const neg = negotiate({ version: SMFI_PROT_VERSION, actions: SMFI_CURR_ACTS, protocol: SMFI_CURR_PROT }, chain.needs);

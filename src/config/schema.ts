@@ -13,6 +13,16 @@ function StringEnum<const T extends readonly string[]>(values: T, options: Schem
 
 const POLICIES = ['continue', 'accept', 'tempfail', 'reject'] as const;
 
+/** A plugin's circuit breaker when its chain entry sets none (src/sandbox/supervisor.ts applies them). */
+export const BREAKER_DEFAULTS = Object.freeze({
+  /** Failures in a row of one hook that switch the plugin off. */
+  threshold: 5,
+  /** First time switched off, ms; doubles after each failed retry... */
+  cooldownMs: 10_000,
+  /** ...up to this, ms. */
+  maxCooldownMs: 300_000,
+});
+
 /** The whole configuration file. */
 export const ConfigSchema = Type.Object(
   {
@@ -122,14 +132,14 @@ export const ConfigSchema = Type.Object(
                   Type.Integer({
                     minimum: 1,
                     maximum: 1000,
-                    description: 'Failures in a row of one hook (crash, CPU, wall clock, memory) that switch the plugin off; default 5.',
+                    description: `Failures in a row of one hook (crash, CPU, wall clock, memory) that switch the plugin off; default ${BREAKER_DEFAULTS.threshold}.`,
                   }),
                 ),
                 cooldownMs: Type.Optional(
                   Type.Integer({
                     minimum: 100,
-                    maximum: 300_000,
-                    description: 'First time switched off, ms; doubles after each failed retry, up to 5 min; default 10000.',
+                    maximum: BREAKER_DEFAULTS.maxCooldownMs,
+                    description: `First time switched off, ms; doubles after each failed retry, up to ${BREAKER_DEFAULTS.maxCooldownMs} ms; default ${BREAKER_DEFAULTS.cooldownMs}.`,
                   }),
                 ),
               },

@@ -14,6 +14,7 @@ import { fork, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { MilterdError, type ErrorCode, ERRORS } from '../errors.ts';
+import { BREAKER_DEFAULTS } from '../config/schema.ts';
 import type { Logger } from '../log.ts';
 import { countBreakerOpen, countRestart } from '../metrics.ts';
 import type { Capability, WireCall, WireDescription, WireResult } from '../../sdk/src/protocol.ts';
@@ -36,9 +37,9 @@ export interface SupervisorOptions {
   /** RSS above which the sandbox process is killed, MB (backs the soft isolate limit). */
   readonly processMemoryMb: number;
   readonly logger: Logger;
-  /** Consecutive failures of one hook (crash, CPU, wall, memory) that open the breaker. Default 5. */
+  /** Consecutive failures of one hook (crash, CPU, wall, memory) that open the breaker. Default BREAKER_DEFAULTS. */
   readonly breakerThreshold?: number;
-  /** First breaker cool-down, ms; doubles on each failed retry up to 5 min. Default 10 000. */
+  /** First breaker cool-down, ms; doubles on each failed retry up to 5 min. Default BREAKER_DEFAULTS. */
   readonly breakerCooldownMs?: number;
 }
 
@@ -55,6 +56,9 @@ const BREAKER_CODES: ReadonlySet<string> = new Set([
   'MILTERD_PLUGIN_WALL',
   'MILTERD_PLUGIN_MEMORY',
 ]);
+
+/** Breaker counts whose successes the supervisor never sees (see #succeeded). */
+const UNSEEN_SUCCESS = ['abort', 'close', 'process'] as const;
 
 interface Pending {
   readonly resolve: (r: CallResult) => void;
@@ -171,7 +175,7 @@ export class Supervisor {
   constructor(options: SupervisorOptions) {
     this.#o = options;
     this.#log = options.logger.child({ plugin: options.plugin });
-    this.#cooldown = options.breakerCooldownMs ?? 10_000;
+    this.#cooldown = options.breakerCooldownMs ?? BREAKER_DEFAULTS.cooldownMs;
   }
 
   /** Starts the sandbox and loads the plugin; rejects with MILTERD_PLUGIN_LOAD if it fails. */
@@ -270,12 +274,12 @@ export class Supervisor {
           this.#fail(m.error.code, p.phase);
           p.reject(pluginError(m.error.code, m.error.message, this.#o.plugin, m.logs));
         } else {
-          this.#consecutive.delete(p.phase);
+          this.#succeeded(p.phase);
           if (this.#openUntil !== 0) {
             // The retry after a cool-down succeeded: the breaker is closed, and a later opening
             // starts again from the first cool-down.
             this.#openUntil = 0;
-            this.#cooldown = this.#o.breakerCooldownMs ?? 10_000;
+            this.#cooldown = this.#o.breakerCooldownMs ?? BREAKER_DEFAULTS.cooldownMs;
             this.#log.info({ plugin: this.#o.plugin }, `plugin ${this.#o.plugin} works again: switched back on`);
           }
           p.resolve({ result: m.result!, logs: m.logs });
@@ -345,15 +349,25 @@ export class Supervisor {
    * doubled its cool-down on the next opening even after long healthy periods, and logged
    * "retrying a switched-off plugin" before every later call.
    */
+  /**
+   * A good call ends the run of failures of its hook. It also ends those whose successes are
+   * never seen: one-way calls (abort, close) and a process death with no call in flight. Left
+   * alone, those counts would add up rare failures over days until the breaker opened.
+   */
+  #succeeded(phase: string): void {
+    this.#consecutive.delete(phase);
+    for (const unseen of UNSEEN_SUCCESS) this.#consecutive.delete(unseen);
+  }
+
   #fail(code: string, phase: string): void {
     if (!BREAKER_CODES.has(code)) return;
     const n = (this.#consecutive.get(phase) ?? 0) + 1;
     this.#consecutive.set(phase, n);
-    const threshold = this.#o.breakerThreshold ?? 5;
+    const threshold = this.#o.breakerThreshold ?? BREAKER_DEFAULTS.threshold;
     const now = Date.now();
     const failedRetry = this.#openUntil !== 0 && now >= this.#openUntil;
     if (failedRetry || n >= threshold) {
-      if (failedRetry) this.#cooldown = Math.min(this.#cooldown * 2, 300_000);
+      if (failedRetry) this.#cooldown = Math.min(this.#cooldown * 2, BREAKER_DEFAULTS.maxCooldownMs);
       this.#openUntil = now + this.#cooldown;
       this.#consecutive.clear();
       countBreakerOpen(this.#o.plugin);

@@ -23,14 +23,9 @@ import { existsSync, readFileSync } from 'node:fs';
 import vm from 'node:vm';
 import { pino } from 'pino';
 import { loadChain, loadSdkRuntime, type PluginEntryConfig } from '../../src/plugins/load.ts';
-import { readManifest } from '../../src/plugins/manifest.ts';
-import { bundlePlugin } from '../../src/plugins/bundle.ts';
-import { Supervisor } from '../../src/sandbox/supervisor.ts';
-import { sandboxFilter } from '../../src/sandbox/filter.ts';
 import type { WireCall } from '../../sdk/src/protocol.ts';
 import type { MtaClient, PhaseResult } from '../support/mta-client.ts';
-import { startServer } from '../support/server.ts';
-import { HOSTILE_DIR, LIMITS, ROOT, STAMP, harness, headerStamp, hostile, sleep, type Harness, type Sent } from '../support/hostile.ts';
+import { LIMITS, ROOT, STAMP, harness, headerStamp, hostile, sleep, type Harness, type Sent } from '../support/hostile.ts';
 
 /** Headroom over a limit for a loaded 2-core machine (see the module comment). */
 const SLACK_MS = 1500;
@@ -587,53 +582,19 @@ test('circuit breaker (configured per plugin): failures are counted per hook, so
   await closeAll(c);
 });
 
-/** The chain entry of a fixture with its own Supervisor (built here, not by loadPlugin), with breaker settings. */
-async function supervised(
-  t: TestContext,
-  fixture: string,
-  o: { breakerThreshold: number; breakerCooldownMs: number; capabilities: PluginEntryConfig['capabilities']; options: unknown },
-) {
-  const manifest = await readManifest(`${HOSTILE_DIR}${fixture}`);
-  const bundle = await bundlePlugin(manifest);
-  const logs: Record<string, unknown>[] = [];
-  const logger = pino({ level: 'debug' }, { write: (l: string) => void logs.push(JSON.parse(l) as Record<string, unknown>) });
-  const supervisor = new Supervisor({
-    plugin: manifest.name,
-    sdkCode: (await loadSdkRuntime()).code,
-    pluginCode: bundle.code,
-    capabilities: o.capabilities ?? [],
-    limits: { memoryMb: LIMITS.memoryMb, cpuMs: LIMITS.cpuMs, wallMs: LIMITS.wallMs },
-    poolSize: 2,
-    options: o.options,
-    processMemoryMb: 400,
-    logger,
-    breakerThreshold: o.breakerThreshold,
-    breakerCooldownMs: o.breakerCooldownMs,
-  });
-  t.after(() => supervisor.stop());
-  const description = await supervisor.start();
-  const filter = sandboxFilter(
-    { name: manifest.name, hooks: description.hooks, actions: manifest.actions, macros: manifest.macros, callTimeoutMs: LIMITS.wallMs + 1000 },
-    supervisor,
-  );
-  return { manifest, supervisor, logs, entry: { filter, onError: 'continue' as const, timeoutMs: LIMITS.wallMs + 2000, messageBudgetMs: MESSAGE_MS } };
-}
-
 test('circuit breaker: opens on repeated timeouts, fails fast while open, closes after a good retry', async (t) => {
-  // Runaway after an await of a host call: each failure costs wallMs. No hook but eom, so no
-  // successful call in between resets the count.
-  const p = await supervised(t, 'loop-after-await', { breakerThreshold: 3, breakerCooldownMs: 400, capabilities: ['kv'], options: { via: 'kv' } });
-  const stamp = await harness(t, [headerStamp]);
-  const s = await startServer([p.entry, stamp.plugins[0]!.entry], { logger: pino({ level: 'silent' }) });
-  t.after(() => s.stop());
-  const c = await s.connect({ timeoutMs: 10_000 });
-  await c.negotiate();
-  await c.connect();
-  await c.helo('client.example.org');
-  const send = async (from: string): Promise<{ ms: number; added: string[] }> => {
-    const start = performance.now();
-    const r = await c.runMessage({ from, rcpts: ['<bob@example.net>'], headers: [['Subject', ' hi']], body: 'x\r\n' });
-    return { ms: performance.now() - start, added: (r.eom?.modifications ?? []).flatMap((m) => (m.kind === 'addheader' ? [m.name] : [])) };
+  // Runaway after an await of a host call, stopped at its CPU limit; no hook but eom.
+  const h = await harness(t, [
+    hostile('loop-after-await', { capabilities: ['kv'], options: { via: 'kv' }, breaker: { threshold: 3, cooldownMs: 400 } }),
+    headerStamp,
+  ]);
+  const name = h.plugins[0]!.manifest.name;
+  const p = { supervisor: h.plugins[0]!.supervisor, logs: h.logs.filter((l) => l.plugin === name) };
+  const c = await h.open();
+  const send = async (from: string): Promise<Sent> => {
+    const r = await h.send(c, from);
+    p.logs = h.logs.filter((l) => l.plugin === name);
+    return r;
   };
   for (let i = 0; i < 3; i++) {
     const r = await send(HOSTILE_FROM);
@@ -641,7 +602,7 @@ test('circuit breaker: opens on repeated timeouts, fails fast while open, closes
     assert.ok(r.ms >= LIMITS.cpuMs * 0.9 && r.ms < LIMITS.wallMs + SLACK_MS, `run ${i}: ${Math.round(r.ms)} ms`);
     assert.deepEqual(r.added, [STAMP]);
   }
-  assert.ok(p.logs.some((l) => l.code === 'MILTERD_PLUGIN_CIRCUIT_OPEN' && l.plugin === p.manifest.name), JSON.stringify(p.logs));
+  assert.ok(p.logs.some((l) => l.code === 'MILTERD_PLUGIN_CIRCUIT_OPEN'), JSON.stringify(p.logs));
   assert.equal(p.supervisor.status().state, 'open');
   const fast = await send(HOSTILE_FROM);
   assert.ok(fast.ms < LIMITS.cpuMs * 0.6, `open breaker: ${Math.round(fast.ms)} ms`);
@@ -665,6 +626,29 @@ test('circuit breaker: opens on repeated timeouts, fails fast while open, closes
   await send(HOSTILE_FROM);
   assert.equal(p.supervisor.status().state, 'running');
   assert.deepEqual((await send(CLEAN_FROM)).added, ['X-Hostile-Await', STAMP]);
+  await closeAll(c);
+});
+
+test('circuit breaker: a good call ends the run of process deaths with no call in flight (counted as "process")', async (t) => {
+  // Such deaths (the memory guard between calls, a kill from outside) have no hook whose good
+  // calls would reset their count; without a reset, rare ones add up over days to an opening.
+  const h = await harness(t, [hostile('loop', { limits: { messageMs: MESSAGE_MS }, breaker: { threshold: 2, cooldownMs: 60_000 } }), headerStamp]);
+  const name = h.plugins[0]!.manifest.name;
+  const sup = h.plugins[0]!.supervisor;
+  const c = await h.open();
+  const killAndWait = async (): Promise<void> => {
+    const pid = sup.status().pid!;
+    process.kill(pid, 'SIGKILL');
+    const deadline = Date.now() + 5000;
+    while ((sup.status().pid === pid || sup.status().state !== 'running') && Date.now() < deadline) await sleep(20);
+    assert.notEqual(sup.status().pid, pid, 'restarted');
+  };
+  await killAndWait();
+  assert.deepEqual((await h.send(c, CLEAN_FROM)).added, ['X-Hostile-Loop', STAMP]);
+  await killAndWait();
+  assert.equal(sup.status().restarts, 2);
+  assert.equal(sup.status().state, 'running');
+  assert.deepEqual(h.logs.filter((l) => l.plugin === name && l.code === 'MILTERD_PLUGIN_CIRCUIT_OPEN'), [], h.dump());
   await closeAll(c);
 });
 
