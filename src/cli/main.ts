@@ -3,22 +3,19 @@
  * @module
  */
 import { Command, Option } from 'commander';
-import { readFileSync } from 'node:fs';
 import { MilterdError } from '../errors.ts';
 import { fromObject, loadConfig } from '../config/load.ts';
-import { dirname, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { dirname, join, resolve } from 'node:path';
 import type { Config } from '../config/schema.ts';
 import { startDaemon } from '../daemon.ts';
 import { check } from './check.ts';
 import { devCommand } from './dev.ts';
 import { pluginCommand } from './plugin.ts';
 import { testCommand } from './test-message.ts';
+import { PACKAGE_ROOT, VERSION } from '../paths.ts';
 
 /** The configuration used without --config: defaults plus the example plugins. */
-export const DEFAULT_CONFIG_FILE = fileURLToPath(new URL('../../config/default.yaml', import.meta.url));
-
-const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+export const DEFAULT_CONFIG_FILE = join(PACKAGE_ROOT, 'config', 'default.yaml');
 
 /** Builds the command tree (exported for tests). */
 export function buildCli(): Command {
@@ -27,7 +24,7 @@ export function buildCli(): Command {
       'A milter (Sendmail/Postfix mail filter protocol v6) daemon that runs a chain of filter plugins.\n' +
         'Point your MTA at it, e.g. Postfix: smtpd_milters = inet:127.0.0.1:8890',
     )
-    .version(pkg.version, '-V, --version')
+    .version(VERSION, '-V, --version')
     .showHelpAfterError();
 
   program

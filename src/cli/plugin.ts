@@ -5,17 +5,16 @@
  * @module
  */
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { readFileSync } from 'node:fs';
-import { relative, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join, relative, resolve } from 'node:path';
 import type { Capability } from '../../sdk/src/protocol.ts';
 import type { FailurePolicy } from '../chain/filter.ts';
 import { addPlugin, FAILURE_POLICIES, listPlugins, parseCapabilities, removePlugin, type ListResult } from '../plugins/install.ts';
 import { loadSdkRuntime } from '../plugins/load.ts';
 import { scaffoldPlugin, ScaffoldError } from '../plugins/scaffold.ts';
+import { PACKAGE_ROOT, VERSION } from '../paths.ts';
 
 /** The configuration used without --config, as for `milterd start` and `milterd check`. */
-const DEFAULT_CONFIG_FILE = fileURLToPath(new URL('../../config/default.yaml', import.meta.url));
+const DEFAULT_CONFIG_FILE = join(PACKAGE_ROOT, 'config', 'default.yaml');
 
 const CONFIG_HELP = 'configuration file to read and edit (default: config/default.yaml, as for milterd start)';
 
@@ -206,14 +205,13 @@ export function pluginCommand(): Command {
     .option('--dir <dir>', 'folder to create (default: ./<name without its scope>); must not exist or be empty')
     .addHelpText('after', '\nExample:\n  milterd plugin new @acme/milterd-filter --dir acme-filter && cd acme-filter && npm install && npm test')
     .action(async (name: string, o: { dir?: string }, cmd: Command) => {
-      const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
       const sdk = await loadSdkRuntime();
       try {
         const r = await scaffoldPlugin({
           name,
           ...(o.dir === undefined ? {} : { dir: resolve(o.dir) }),
           sdkVersion: sdk.version,
-          milterdVersion: pkg.version,
+          milterdVersion: VERSION,
         });
         const rel = relative(process.cwd(), r.dir) || '.';
         process.stdout.write(

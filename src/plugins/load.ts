@@ -47,7 +47,9 @@ export interface SdkRuntime {
   readonly code: string;
 }
 
-const SDK_DIR = new URL('../../sdk/', import.meta.url);
+// The SDK is a dependency of milterd: sdk/ in a checkout (an npm workspace, linked), a copy under
+// node_modules when milterd is installed from the registry.
+const SDK_DIR = new URL('./', import.meta.resolve('@milterd/sdk/package.json'));
 
 /** Reads the built SDK runtime (one ESM file) and its version. */
 export async function loadSdkRuntime(): Promise<SdkRuntime> {

@@ -8,12 +8,12 @@
  */
 import { mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import semver from 'semver';
 import { isPackageName } from './install.ts';
+import { PACKAGE_ROOT } from '../paths.ts';
 
 /** Where the templates are. */
-export const TEMPLATE_DIR = fileURLToPath(new URL('../../templates/plugin/', import.meta.url));
+export const TEMPLATE_DIR = join(PACKAGE_ROOT, 'templates', 'plugin');
 
 /** A mistake in what `plugin new` was asked (bad name, folder in the way). */
 export class ScaffoldError extends Error {

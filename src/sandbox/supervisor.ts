@@ -12,8 +12,10 @@
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { MilterdError, type ErrorCode, ERRORS } from '../errors.ts';
+import { BUILT, PACKAGE_ROOT } from '../paths.ts';
 import { BREAKER_DEFAULTS } from '../config/schema.ts';
 import type { Logger } from '../log.ts';
 import { countBreakerOpen, countRestart } from '../metrics.ts';
@@ -21,7 +23,8 @@ import type { Capability, WireCall, WireDescription, WireResult } from '../../sd
 import type { FromSandbox, PluginLog, SandboxLimits, ToSandbox } from './messages.ts';
 import type { StorageSettings } from './kv.ts';
 
-const WORKER = fileURLToPath(new URL('./worker.ts', import.meta.url));
+// From the sources, the worker beside this file; from the build, its own entry point in dist/.
+const WORKER = BUILT ? join(PACKAGE_ROOT, 'dist', 'sandbox', 'worker.js') : fileURLToPath(new URL('./worker.ts', import.meta.url));
 
 /** How a supervisor runs its plugin. */
 export interface SupervisorOptions {
