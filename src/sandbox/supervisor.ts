@@ -145,7 +145,7 @@ export function keepWarmSandbox(on: boolean): void {
   keepSpare = on;
   if (on && spare === undefined) spare = freshSpare();
   if (!on && spare !== undefined) {
-    spare.kill();
+    spare.kill('SIGKILL'); // it ignores SIGTERM (worker.ts), and holds nothing yet
     spare = undefined;
   }
 }

@@ -457,7 +457,12 @@ function onMessage(m: ToSandbox): void {
   else if (m.type === 'batch') for (const x of m.items) onMessage(x);
 }
 process.on('message', onMessage);
-// The daemon went away: nothing left to serve.
+// Stop signals are for the daemon, which stops its sandboxes itself (IPC disconnect, or SIGKILL)
+// once its connections are done. They reach this process too when they are sent to the whole
+// process group (Ctrl-C in a terminal) or the whole cgroup (systemd's default KillMode): dying
+// here would fail the calls of the messages the daemon is letting finish.
+for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.on(signal, () => undefined);
+// The daemon went away (stopped, or killed: the IPC channel closes either way): nothing left to serve.
 process.on('disconnect', () => {
   kv?.close();
   process.exit(0);

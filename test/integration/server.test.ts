@@ -175,6 +175,55 @@ test('the daemon process: SIGTERM lets a connection finish, then exits 0; a seco
   assert.equal(code2, 0);
 });
 
+test('a stop signal sent to the whole process group (Ctrl-C, systemd) leaves the sandboxes serving the messages being finished, and no process behind', async (t) => {
+  // The default chain: three example plugins, each in its own sandbox process.
+  const proc = spawn(process.execPath, ['bin/milterd.js', 'start', '--listen', 'inet:0@127.0.0.1'], { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+  const group = proc.pid!;
+  const alive = (): boolean => {
+    try {
+      process.kill(-group, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  t.after(() => {
+    if (alive()) process.kill(-group, 'SIGKILL');
+  });
+  let out = '';
+  proc.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  proc.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+  const deadline = Date.now() + 20_000;
+  while (!/"listen":\["[^"]+"\]/.test(out) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  const address = /"listen":\["([^"]+)"\]/.exec(out)?.[1];
+  assert.ok(address, `no listen line: ${out}`);
+
+  const c = await MtaClient.connect(address);
+  await c.negotiate();
+  await c.connect();
+  await c.mail('<a@example.org>');
+  await c.rcpt('<b@example.net>');
+  // Mid-message, the signal reaches the daemon and every sandbox process at once.
+  process.kill(-group, 'SIGTERM');
+  await new Promise((r) => setTimeout(r, 300));
+  await c.data();
+  await c.header('Subject', 'hi');
+  await c.eoh();
+  await c.body('hello\r\n');
+  const r = await c.eom();
+  assert.equal(r.verdict.kind, 'accept', out);
+  const added = r.modifications.filter((m) => m.kind === 'addheader').map((m) => (m as { name: string }).name);
+  assert.deepEqual(added, ['X-Inspect', 'X-Filtered-By'], 'inspect and header-stamp still ran');
+  assert.doesNotMatch(out, /MILTERD_PLUGIN_CRASHED|sandbox process (exited|died)/);
+  await c.quit();
+  const [code] = await once(proc, 'exit');
+  assert.equal(code, 0);
+  // The sandboxes end with the daemon's IPC channel.
+  const gone = Date.now() + 5000;
+  while (alive() && Date.now() < gone) await new Promise((r2) => setTimeout(r2, 50));
+  assert.equal(alive(), false, 'a sandbox process outlived the daemon');
+});
+
 test('a connection that ends during a slow end of message closes the filters only after it finished', async () => {
   let release!: () => void;
   const gate = new Promise<void>((r) => (release = r));
