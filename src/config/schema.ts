@@ -114,7 +114,7 @@ export const ConfigSchema = Type.Object(
               {
                 memoryMb: Type.Optional(Type.Integer({ minimum: 8, maximum: 4096, description: 'Isolate heap limit, MB.' })),
                 cpuMs: Type.Optional(Type.Integer({ minimum: 1, description: 'CPU time of one call, ms.' })),
-                wallMs: Type.Optional(Type.Integer({ minimum: 1, description: 'Wall-clock time of one call, awaits included, ms.' })),
+                wallMs: Type.Optional(Type.Integer({ minimum: 1, description: 'Wall-clock time of one call, awaits included, counted from its arrival in the sandbox process (waiting behind other connections\' calls on the same isolate counts), ms.' })),
                 messageMs: Type.Optional(Type.Integer({ minimum: 1, description: 'Time of all calls of one message, ms.' })),
               },
               { additionalProperties: false, description: "Overrides of the manifest's limits." },

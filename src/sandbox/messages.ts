@@ -12,7 +12,7 @@ export interface SandboxLimits {
   readonly memoryMb: number;
   /** CPU time of one call's synchronous part (isolated-vm `timeout`), ms. */
   readonly cpuMs: number;
-  /** Wall-clock time of one call, awaits included (watchdog), ms. */
+  /** Wall-clock time of one call from its arrival in the sandbox process, queueing and awaits included (watchdog), ms. */
   readonly wallMs: number;
 }
 

@@ -90,6 +90,8 @@ interface Job {
   /** 0: a one-way notification (abort, close), never answered. */
   readonly id: number;
   readonly call: WireCall;
+  /** Date.now() when the call reached this process. */
+  readonly received: number;
   logs: PluginLog[];
   done: boolean;
 }
@@ -238,6 +240,23 @@ class Slot {
       return;
     }
     const { cpuMs, wallMs } = this.#init.limits;
+    // A call's wall-clock limit counts from when it reached this process, not from when its
+    // isolate got free: an isolate runs one call at a time, so calls queue behind slow ones
+    // (a plugin awaiting DNS, many connections on one isolate). Counted from the start, a queue
+    // longer than wallMs went unanswered until the daemon's own timer killed the whole sandbox
+    // as hung, failing every call in flight. Now a call that cannot start in time is answered
+    // here, and the isolate (not at fault) is kept. One-way calls (abort, close) always run:
+    // they drop the connection's state.
+    const t0 = job.id === 0 ? Date.now() : job.received;
+    const waited = Date.now() - t0;
+    if (waited >= wallMs) {
+      this.#finish(
+        job,
+        undefined,
+        failure('MILTERD_PLUGIN_WALL', `${job.call.phase} waited ${waited} ms behind the plugin's other calls on its isolate and did not start within ${wallMs} ms`),
+      );
+      return;
+    }
     const isolate = this.#isolate!;
     let watchdogFired = false;
     let wall: (v: typeof WALL) => void = () => undefined;
@@ -247,7 +266,6 @@ class Slot {
     // per-call `timeout`: that arms a timer thread on every call, which measured 25-50 µs a
     // call, a large share of a plugin call's cost. Dispose stops the isolate either way.
     const cpu0 = isolate.cpuTime;
-    const t0 = Date.now();
     const stop = (code: string, why: string): void => {
       watchdogFired = true;
       this.#finish(job, undefined, failure(code, `${job.call.phase} ${why}`));
@@ -259,10 +277,10 @@ class Slot {
       const usedCpu = Number(isolate.cpuTime - cpu0) / 1e6;
       const usedWall = Date.now() - t0;
       if (usedCpu >= cpuMs) return stop('MILTERD_PLUGIN_CPU', `used more than ${cpuMs} ms of CPU time`);
-      if (usedWall >= wallMs) return stop('MILTERD_PLUGIN_WALL', `ran longer than ${wallMs} ms`);
+      if (usedWall >= wallMs) return stop('MILTERD_PLUGIN_WALL', `ran longer than ${wallMs} ms${waited > 0 ? ` (${waited} ms of it queued)` : ''}`);
       watchdog = setTimeout(check, Math.max(1, Math.min(cpuMs - usedCpu, wallMs - usedWall)));
     };
-    watchdog = setTimeout(check, Math.min(cpuMs, wallMs));
+    watchdog = setTimeout(check, Math.min(cpuMs, wallMs - waited));
     try {
       const call = this.#dispatch!.apply(undefined, [job.call], {
         arguments: { copy: true },
@@ -447,7 +465,7 @@ function call(id: number, c: WireCall): void {
     affinity.set(c.conn, slot);
   }
   if (c.phase === 'close') affinity.delete(c.conn);
-  slot.enqueue({ id, call: c, logs: [], done: false });
+  slot.enqueue({ id, call: c, received: Date.now(), logs: [], done: false });
 }
 
 function onMessage(m: ToSandbox): void {

@@ -535,6 +535,56 @@ for (const [fixture, code] of [
 
 // --- supervision ----------------------------------------------------------------------------
 
+test('a slow plugin under many connections: calls that cannot start within wallMs are answered by the sandbox, which is not killed as hung', async (t) => {
+  // One isolate, 40 ms of work per recipient, 40 connections at once: the last call waits
+  // about 1.6 s. The daemon gives a call wallMs + 1 s (1.3 s here) before it kills the sandbox
+  // as hung; before the wall-clock limit counted queueing, that is what happened, failing every
+  // call in flight and restarting the process.
+  const wallMs = 300;
+  const h = await harness(
+    t,
+    [
+      {
+        plugin: './test/fixtures/plugins/busy',
+        onError: 'tempfail',
+        poolSize: 1,
+        options: { spinMs: 40 },
+        limits: { ...LIMITS, cpuMs: 100, wallMs },
+        breaker: { threshold: 1000, cooldownMs: 100 },
+      },
+      headerStamp,
+    ],
+  );
+  const name = h.plugins[0]!.manifest.name;
+  const conns = await Promise.all(Array.from({ length: 40 }, () => h.open()));
+  const t0 = performance.now();
+  const replies = await Promise.all(
+    conns.map(async (c) => {
+      await c.mail('<alice@example.org>');
+      const r = await c.rcpt('<bob@example.net>');
+      return { kind: typeof r === 'string' ? r : r.kind, ms: performance.now() - t0 };
+    }),
+  );
+  const ok = replies.filter((r) => r.kind === 'continue').length;
+  const late = replies.filter((r) => r.kind === 'tempfail').length;
+  assert.equal(ok + late, replies.length, JSON.stringify(replies));
+  assert.ok(ok >= 1, `${ok} calls ran`);
+  assert.ok(late >= 10, `${late} calls waited too long`);
+  // Every answer came from the sandbox, about wallMs after the call (plus the time to reach
+  // it), before the daemon's hung-process timer (wallMs + 1 s).
+  const slowest = Math.max(...replies.map((r) => r.ms));
+  assert.ok(slowest < wallMs + 950, `slowest answer after ${Math.round(slowest)} ms`);
+  assert.equal(h.plugins[0]!.supervisor.status().restarts, 0, h.dump());
+  assert.equal(h.logs.filter((l) => /killing it/.test(String(l.msg))).length, 0, h.dump());
+  const walls = h.failures(name, 'MILTERD_PLUGIN_WALL', 'envrcpt');
+  assert.ok(walls.length >= late, h.dump());
+  assert.ok(walls.some((l) => /did not start within 300 ms/.test(String(l.err ?? l.msg))), h.dump());
+  // Still serving: the next message goes through.
+  const after = await h.send(conns[0]!, '<alice@example.org>');
+  assert.deepEqual(after.added, [STAMP]);
+  await closeAll(...conns);
+});
+
 test('circuit breaker (configured defaults): after 5 runaway calls the plugin is switched off and calls fail fast', async (t) => {
   const cpuMs = 300;
   const h = await harness(t, [hostile('loop-after-await', { limits: { cpuMs, wallMs: 1000, messageMs: 4000 } }), headerStamp]);
