@@ -481,7 +481,11 @@ export class Session {
     if (scope === 'recipient' || scope === 'command') {
       // Refusing one recipient or one unknown command leaves the message going; an accept or
       // discard is about the whole message.
-      if ((o.type === 'discard' || o.type === 'accept') && this.#msg !== undefined) this.#msg.done = true;
+      if ((o.type === 'discard' || o.type === 'accept') && this.#msg !== undefined && !this.#msg.done) {
+        this.#msg.done = true;
+        // Decided here: end of message will only be answered with continue, and not counted.
+        countMessage(o.type);
+      }
       return;
     }
     if (scope === 'message' && this.#msg !== undefined) {
