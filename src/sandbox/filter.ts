@@ -124,8 +124,20 @@ export function sandboxFilter(spec: SandboxFilterSpec, sandbox: Supervisor): Fil
   return f as Filter;
 }
 
+/**
+ * Keys of the daemon's own log lines (pino's, and the bindings and fields milterd logs with).
+ * A plugin's fields go on the same line, and pino writes duplicate keys as they come, so that
+ * readers take the plugin's value: a plugin could pass for another one, forge a queue id or an
+ * error code. Its fields with these names are renamed `plugin_<name>`.
+ */
+const HOST_LOG_KEYS = new Set(['level', 'time', 'pid', 'hostname', 'msg', 'session', 'qid', 'filter', 'plugin', 'hook', 'code', 'err', 'cause', 'pluginLog', 'shadow', 'verdict']);
+
 function relayLogs(ctx: FilterContext, logs: readonly PluginLog[]): void {
-  for (const l of logs) ctx.log[l.level]({ pluginLog: true, ...(l.fields ?? {}) }, l.msg);
+  for (const l of logs) {
+    const fields: Record<string, unknown> = { pluginLog: true };
+    for (const [k, v] of Object.entries(l.fields ?? {})) fields[HOST_LOG_KEYS.has(k) ? `plugin_${k}` : k] = v;
+    ctx.log[l.level](fields, l.msg);
+  }
 }
 
 /** Applies the plugin's edits in order through the host's validating EomMessage. */

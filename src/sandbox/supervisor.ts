@@ -283,7 +283,7 @@ export class Supervisor {
             // starts again from the first cool-down.
             this.#openUntil = 0;
             this.#cooldown = this.#o.breakerCooldownMs ?? BREAKER_DEFAULTS.cooldownMs;
-            this.#log.info({ plugin: this.#o.plugin }, `plugin ${this.#o.plugin} works again: switched back on`);
+            this.#log.info(`plugin ${this.#o.plugin} works again: switched back on`);
           }
           p.resolve({ result: m.result!, logs: m.logs });
         }
@@ -292,7 +292,7 @@ export class Supervisor {
       case 'notice':
         this.#fail(m.error.code, m.phase);
         this.#log.warn(
-          { plugin: this.#o.plugin, hook: m.phase, code: m.error.code, err: m.error.message },
+          { hook: m.phase, code: m.error.code, err: m.error.message },
           `plugin ${this.#o.plugin} failed in ${m.phase}: ${m.error.message}`,
         );
         return;
@@ -393,7 +393,7 @@ export class Supervisor {
     }
     if (this.#openUntil !== 0) {
       // Half-open: this call is the retry. Success closes the breaker (see #onMessage).
-      this.#log.info({ plugin: this.#o.plugin }, 'retrying a switched-off plugin');
+      this.#log.info('retrying a switched-off plugin');
     }
     const child = this.#child;
     if (child === undefined || !child.connected || isDying(child)) await this.#restarted(child, timeoutMs);

@@ -408,6 +408,28 @@ test('modifications forged past the SDK (patched Array.prototype.push) are refus
   });
 });
 
+test("a plugin's log fields cannot pose as the daemon's: another plugin's name, a queue id, a code or a level are renamed plugin_*", async (t) => {
+  const h = await harness(t, [hostile('forged-log'), headerStamp]);
+  const c = await h.open();
+  const s = await h.send(c, '<alice@example.org>');
+  assert.deepEqual(s.added, [STAMP]);
+  const line = h.logs.find((l) => l.msg === 'all good');
+  assert.ok(line, h.dump());
+  assert.equal(line.pluginLog, true);
+  assert.equal(line.filter, 'hostile-forged-log');
+  assert.equal(line.level, 50, 'error, as logged: not the level the fields claim');
+  assert.equal(line.code, undefined);
+  assert.notEqual(line.qid, 'FORGED');
+  assert.notEqual(line.session, 'FORGED');
+  assert.equal(line.plugin, undefined);
+  assert.equal(line.plugin_filter, '@milterd/plugin-header-stamp');
+  assert.equal(line.plugin_qid, 'FORGED');
+  assert.equal(line.plugin_code, 'MILTERD_PLUGIN_CRASHED');
+  assert.equal(line.plugin_msg, 'forged message');
+  assert.equal(line.note, 'kept');
+  await closeAll(c);
+});
+
 test('a capability not granted (kv) fails the call with MILTERD_PLUGIN_CAPABILITY', async (t) => {
   const { h } = await misbehave(t, { fixture: 'no-capability', capabilities: [], code: 'MILTERD_PLUGIN_CAPABILITY', hook: 'eom', budgetMs: LIMITS.cpuMs });
   // Also said at load, when the manifest asks for it and the configuration does not grant it.
