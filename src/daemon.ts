@@ -62,6 +62,7 @@ export async function startDaemon(config: Config, options: DaemonOptions): Promi
     sdk,
     logger,
     onError: config.filters.onError,
+    caps: config.filters,
     storage: config.storage,
   });
   const server = new MilterServer(serverOptions(config, plugins.map((p) => p.entry), logger));

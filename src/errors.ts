@@ -97,7 +97,7 @@ export const ERRORS = {
   },
   MILTERD_FILTER_MESSAGE_BUDGET: {
     area: 'filter',
-    summary: 'A filter used up its time budget for the whole message; it is skipped for the rest of it.',
+    summary: "A filter used up its time budget for the whole message (a plugin's messageMs); its failure policy (onError) applies.",
   },
 
   // --- content: buffering the message (src/chain/content) --------------------------------

@@ -30,6 +30,7 @@ export async function check(file: string): Promise<string> {
     sdk,
     logger: silentLogger(),
     onError: config.filters.onError,
+    caps: config.filters,
   });
   try {
     const out: string[] = [];
@@ -46,7 +47,7 @@ export async function check(file: string): Promise<string> {
       out.push(`     actions: ${m.actions.join(', ') || '-'}; capabilities: ${p.granted.join(', ') || '-'}${
         m.capabilities.length > p.granted.length ? ` (asked but not granted: ${m.capabilities.filter((c) => !p.granted.includes(c)).join(', ')})` : ''
       }`);
-      const l = { ...m.limits, ...cfg.limits };
+      const l = p.limits;
       out.push(`     limits: memory ${l.memoryMb} MB, cpu ${l.cpuMs} ms, wall ${l.wallMs} ms, message ${l.messageMs} ms; pool ${cfg.poolSize}; on error: ${cfg.onError ?? config.filters.onError}; breaker: ${cfg.breaker?.threshold ?? BREAKER_DEFAULTS.threshold} failures of a hook, off ${cfg.breaker?.cooldownMs ?? BREAKER_DEFAULTS.cooldownMs} ms`);
     });
     const chain = new Chain(plugins.map((p) => p.entry));

@@ -212,6 +212,7 @@ export async function runTest(file: string, opts: TestOptions): Promise<TestRepo
     sdk: await loadSdkRuntime(),
     logger: pino({ level: 'silent' }),
     onError: config.filters.onError,
+    caps: config.filters,
   });
   try {
     const envelope = envelopeFor(message, opts);

@@ -113,9 +113,9 @@ export const ConfigSchema = Type.Object(
             Type.Object(
               {
                 memoryMb: Type.Optional(Type.Integer({ minimum: 8, maximum: 4096, description: 'Isolate heap limit, MB.' })),
-                cpuMs: Type.Optional(Type.Integer({ minimum: 1, description: 'CPU time of one call, ms.' })),
-                wallMs: Type.Optional(Type.Integer({ minimum: 1, description: 'Wall-clock time of one call, awaits included, counted from its arrival in the sandbox process (waiting behind other connections\' calls on the same isolate counts), ms.' })),
-                messageMs: Type.Optional(Type.Integer({ minimum: 1, description: 'Time of all calls of one message, ms.' })),
+                cpuMs: Type.Optional(Type.Integer({ minimum: 1, maximum: 60000, description: 'CPU time of one call, ms (at most wallMs: the tighter limit wins).' })),
+                wallMs: Type.Optional(Type.Integer({ minimum: 1, maximum: 300000, description: 'Wall-clock time of one call, awaits included, counted from its arrival in the sandbox process (waiting behind other connections\' calls on the same isolate counts), ms; at most messageMs and filters.timeoutMs.' })),
+                messageMs: Type.Optional(Type.Integer({ minimum: 1, maximum: 600000, description: 'Time of all calls of one message, ms; at most filters.messageBudgetMs.' })),
               },
               { additionalProperties: false, description: "Overrides of the manifest's limits." },
             ),
@@ -188,10 +188,18 @@ export const ConfigSchema = Type.Object(
           description:
             'What a filter failure (throw, timeout, broken rule) turns into. continue: skip that filter for the rest of the message; accept: accept the message as it stands; tempfail / reject: fail the message (at RCPT: that recipient).',
         }),
-        timeoutMs: Type.Integer({ minimum: 1, default: 10000, description: 'Time budget of one hook call.' }),
-        messageBudgetMs: Type.Integer({ minimum: 1, default: 60000, description: 'Time budget of all hook calls of one message.' }),
+        timeoutMs: Type.Integer({
+          minimum: 1,
+          default: 10000,
+          description: "Time budget of one hook call, ms: caps every plugin's wallMs (and cpuMs), whatever its manifest or chain entry says.",
+        }),
+        messageBudgetMs: Type.Integer({
+          minimum: 1,
+          default: 60000,
+          description: "Time budget of all hook calls of one message, ms: caps every plugin's messageMs.",
+        }),
       },
-      { additionalProperties: false, default: {}, description: 'Defaults for every filter in the chain.' },
+      { additionalProperties: false, default: {}, description: "For every filter in the chain: the default failure policy, and ceilings on plugins' time limits." },
     ),
     storage: Type.Object(
       {

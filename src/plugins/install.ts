@@ -804,6 +804,7 @@ export async function addPlugin(o: AddOptions): Promise<AddResult> {
           sdk,
           logger: silentLogger(),
           onError: cfg.config.filters.onError,
+          caps: cfg.config.filters,
         });
       } catch (err) {
         if (err instanceof MilterdError && err.code === 'MILTERD_CONFIG_INVALID') {

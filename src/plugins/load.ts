@@ -76,6 +76,8 @@ export interface LoadedPlugin {
   readonly files: readonly string[];
   /** Capabilities the plugin asked for and got. */
   readonly granted: readonly Capability[];
+  /** The limits it runs with (effectiveLimits). */
+  readonly limits: PluginLimits;
   /** See PreparedPlugin.key. */
   readonly key: string;
 }
@@ -92,6 +94,29 @@ export interface LoadContext {
   readonly onError: FailurePolicy;
   /** Where plugins granted `kv` keep their data (configuration `storage`); default: in memory. */
   readonly storage?: StorageSettings;
+  /** Caps on every plugin's limits (configuration `filters.timeoutMs`, `filters.messageBudgetMs`). */
+  readonly caps?: LimitCaps;
+}
+
+/** Ceilings the administrator sets for every plugin in the chain. */
+export interface LimitCaps {
+  /** Caps wallMs (and so cpuMs). */
+  readonly timeoutMs?: number;
+  /** Caps messageMs. */
+  readonly messageBudgetMs?: number;
+}
+
+/**
+ * The limits a plugin runs with: its manifest's, overridden by its chain entry, capped by the
+ * chain-wide `filters` settings, and made consistent with the tighter limit winning (CPU time
+ * within wall-clock time within the message's time): each limit is checked on its own, so a
+ * wallMs lowered by configuration below the manifest's cpuMs would otherwise never let cpuMs act.
+ */
+export function effectiveLimits(manifest: PluginLimits, overrides: Partial<PluginLimits> | undefined, caps: LimitCaps = {}): PluginLimits {
+  const l = { ...manifest, ...overrides };
+  const messageMs = Math.min(l.messageMs, caps.messageBudgetMs ?? Infinity);
+  const wallMs = Math.min(l.wallMs, caps.timeoutMs ?? Infinity, messageMs);
+  return { ...l, messageMs, wallMs, cpuMs: Math.min(l.cpuMs, wallMs) };
 }
 
 /** A plugin resolved, checked and bundled, not started yet. */
@@ -116,7 +141,8 @@ export async function preparePlugin(cfg: PluginEntryConfig, ctx: LoadContext): P
   const { enabled: _enabled, ...settings } = cfg;
   // The storage settings matter only to a plugin granted kv: a change restarts only those.
   const storage = cfg.capabilities?.includes('kv') === true ? ctx.storage : undefined;
-  const key = `${hash}\0${JSON.stringify({ ...settings, dir, onError: cfg.onError ?? ctx.onError, storage })}`;
+  const limits = effectiveLimits(manifest.limits, cfg.limits, ctx.caps);
+  const key = `${hash}\0${JSON.stringify({ ...settings, limits, dir, onError: cfg.onError ?? ctx.onError, storage })}`;
   return { manifest, bundle, key };
 }
 
@@ -135,7 +161,7 @@ export async function loadPlugin(cfg: PluginEntryConfig, ctx: LoadContext, prepa
     );
   }
   const capabilities = asked.filter((c) => granted.has(c));
-  const limits: PluginLimits = { ...manifest.limits, ...cfg.limits };
+  const limits = effectiveLimits(manifest.limits, cfg.limits, ctx.caps);
   const poolSize = cfg.poolSize ?? 2;
   const supervisor = new Supervisor({
     plugin: manifest.name,
@@ -207,7 +233,7 @@ export async function loadPlugin(cfg: PluginEntryConfig, ctx: LoadContext, prepa
     { plugin: manifest.name, version: manifest.version, hooks: description.hooks, actions: manifest.actions, capabilities },
     `plugin ${manifest.name}@${manifest.version} loaded`,
   );
-  return { manifest, supervisor, entry, files: [...bundle.files, join(manifest.dir, 'package.json')], granted: capabilities, key };
+  return { manifest, supervisor, entry, files: [...bundle.files, join(manifest.dir, 'package.json')], granted: capabilities, limits, key };
 }
 
 const ajv = new Ajv({ allErrors: true, strict: false });

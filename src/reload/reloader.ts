@@ -89,6 +89,7 @@ export class Reloader {
       sdk: this.#o.sdk,
       logger: this.#o.logger,
       onError: config.filters.onError,
+      caps: config.filters,
       storage: config.storage,
     };
   }

@@ -29,6 +29,20 @@ test('check: the default configuration loads every example plugin and prints cha
   assert.match(r.stdout, /protocol 0x[0-9a-f]+: .*NR_HDR.*NR_BODY/);
 });
 
+test('check: prints the limits each plugin runs with, capped by filters.timeoutMs and filters.messageBudgetMs', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'milterd-cli-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  const file = join(dir, 'capped.yaml');
+  await writeFile(
+    file,
+    `filters:\n  timeoutMs: 150\n  messageBudgetMs: 900\nchain:\n  - plugin: ${join(process.cwd(), 'plugins/inspect')}\n    limits: { wallMs: 5000 }\n`,
+  );
+  const r = await run(['check', '--config', file]);
+  assert.equal(r.code, 0, r.stderr);
+  // inspect's manifest: cpu 200, wall 1000, message 5000.
+  assert.match(r.stdout, /limits: memory 64 MB, cpu 150 ms, wall 150 ms, message 900 ms;/);
+});
+
 test('check: a broken configuration or plugin exits 1 with the error code and what to fix', async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'milterd-cli-'));
   t.after(() => rm(dir, { recursive: true, force: true }));

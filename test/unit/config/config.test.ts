@@ -290,6 +290,18 @@ describe('chain entries', () => {
     );
   });
 
+  it('bound the per-plugin time limits as the manifest does', () => {
+    assert.throws(
+      () => parseConfig('chain:\n  - plugin: ./a\n    limits: { cpuMs: 60001, wallMs: 300001, messageMs: 600001 }\n', FILE),
+      (err: MilterdError) => {
+        assert.match(err.message, /chain\[0\]\.limits\.cpuMs: expected a value that must be <= 60000/);
+        assert.match(err.message, /chain\[0\]\.limits\.wallMs: expected a value that must be <= 300000/);
+        assert.match(err.message, /chain\[0\]\.limits\.messageMs: expected a value that must be <= 600000/);
+        return true;
+      },
+    );
+  });
+
   it('config/default.yaml (what npm start uses) is valid and chains the example plugins', async () => {
     const c = await loadConfig(new URL('../../../config/default.yaml', import.meta.url).pathname);
     assert.deepEqual(
