@@ -38,7 +38,7 @@ export interface ReloadResult {
 }
 
 /** Settings of the config that a reload cannot apply (they need a restart). */
-const RESTART_KEYS = ['listen', 'socketMode', 'tmpDir', 'log', 'limits', 'timeouts', 'pluginDir'] as const;
+const RESTART_KEYS = ['listen', 'socketMode', 'tmpDir', 'log', 'limits', 'timeouts', 'pluginDir', 'metrics', 'reload'] as const;
 
 export interface ReloaderOptions {
   readonly configFile: string;
