@@ -1,7 +1,7 @@
 /**
- * Builds the JavaScript that the published `milterd` package runs (`npm run build`, also run by
- * `prepare` (npm install in a checkout) and `prepack`). In a checkout milterd runs its TypeScript sources directly; an
- * installed copy cannot, because Node refuses to strip types from files under node_modules
+ * Builds the JavaScript that the published `milterd` package runs (`npm run build`; `prepare`,
+ * i.e. npm install in a checkout, and `prepack` run it too). A checkout runs the TypeScript
+ * sources directly; an installed copy cannot, because Node refuses to strip types under node_modules
  * (ERR_UNSUPPORTED_NODE_MODULES_TYPE_STRIPPING). That is what broke `@milterd/sdk/testing`
  * for plugin authors outside this repository.
  *

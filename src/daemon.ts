@@ -8,8 +8,7 @@ import type { Config } from './config/schema.ts';
 import { createLogger, type Logger } from './log.ts';
 import { MilterServer } from './server/server.ts';
 import type { ChainEntry } from './chain/filter.ts';
-import { resolve } from 'node:path';
-import { loadChain, loadSdkRuntime } from './plugins/load.ts';
+import { contextFromConfig, loadChain, loadSdkRuntime } from './plugins/load.ts';
 import { Reloader } from './reload/reloader.ts';
 import { enableMetrics, serveMetrics } from './metrics.ts';
 import { MilterdError } from './errors.ts';
@@ -56,15 +55,7 @@ export interface DaemonOptions {
 export async function startDaemon(config: Config, options: DaemonOptions): Promise<Daemon> {
   const logger = createLogger({ ...config.log, ...(options.pretty ? { pretty: true } : {}) });
   const sdk = await loadSdkRuntime();
-  const plugins = await loadChain(config.chain, {
-    baseDir: options.baseDir,
-    ...(config.pluginDir === undefined ? {} : { pluginDir: resolve(options.baseDir, config.pluginDir) }),
-    sdk,
-    logger,
-    onError: config.filters.onError,
-    caps: config.filters,
-    storage: config.storage,
-  });
+  const plugins = await loadChain(config.chain, contextFromConfig(config, options.baseDir, { sdk, logger, storage: true }));
   const server = new MilterServer(serverOptions(config, plugins.map((p) => p.entry), logger));
   try {
     await server.start();

@@ -10,7 +10,7 @@ import { loadConfig } from '../config/load.ts';
 import { BREAKER_DEFAULTS } from '../config/schema.ts';
 import { silentLogger } from '../log.ts';
 import { SMFI_CURR_ACTS, SMFI_CURR_PROT, SMFI_PROT_VERSION, SMFIF, SMFIM, SMFIP } from '../protocol/constants.ts';
-import { loadChain, loadSdkRuntime } from '../plugins/load.ts';
+import { contextFromConfig, loadChain, loadSdkRuntime } from '../plugins/load.ts';
 import { negotiate } from '../session/negotiate.ts';
 
 function flagNames(value: number, table: Readonly<Record<string, number>>): string[] {
@@ -24,14 +24,7 @@ export async function check(file: string): Promise<string> {
   const config = await loadConfig(file);
   const baseDir = dirname(resolve(file));
   const sdk = await loadSdkRuntime();
-  const plugins = await loadChain(config.chain, {
-    baseDir,
-    ...(config.pluginDir === undefined ? {} : { pluginDir: resolve(baseDir, config.pluginDir) }),
-    sdk,
-    logger: silentLogger(),
-    onError: config.filters.onError,
-    caps: config.filters,
-  });
+  const plugins = await loadChain(config.chain, contextFromConfig(config, baseDir, { sdk, logger: silentLogger() }));
   try {
     const out: string[] = [];
     out.push(`configuration ${file}: valid`);

@@ -13,7 +13,7 @@ import { dirname, resolve } from 'node:path';
 import { pino } from 'pino';
 import { loadConfig } from '../config/load.ts';
 import type { Logger } from '../log.ts';
-import { loadChain, loadSdkRuntime } from '../plugins/load.ts';
+import { contextFromConfig, loadChain, loadSdkRuntime } from '../plugins/load.ts';
 import type { MilterReply } from '../protocol/types.ts';
 import { parseEml } from '../testing/eml.ts';
 import { runMessage, type TestResult } from '../testing/run-message.ts';
@@ -206,14 +206,7 @@ export async function runTest(file: string, opts: TestOptions): Promise<TestRepo
   const config = await loadConfig(opts.config);
   const baseDir = dirname(resolve(opts.config));
   const collect = logCollector();
-  const plugins = await loadChain(config.chain, {
-    baseDir,
-    ...(config.pluginDir === undefined ? {} : { pluginDir: resolve(baseDir, config.pluginDir) }),
-    sdk: await loadSdkRuntime(),
-    logger: pino({ level: 'silent' }),
-    onError: config.filters.onError,
-    caps: config.filters,
-  });
+  const plugins = await loadChain(config.chain, contextFromConfig(config, baseDir, { sdk: await loadSdkRuntime(), logger: pino({ level: 'silent' }) }));
   try {
     const envelope = envelopeFor(message, opts);
     const result = await runMessage(

@@ -26,7 +26,7 @@ import type { Config } from '../config/schema.ts';
 import { MilterdError } from '../errors.ts';
 import { silentLogger } from '../log.ts';
 import { bundlePlugin } from './bundle.ts';
-import { loadPlugin, loadSdkRuntime, type PluginEntryConfig } from './load.ts';
+import { contextFromConfig, loadPlugin, loadSdkRuntime, type PluginEntryConfig } from './load.ts';
 import { checkSdkCompatibility, readManifest } from './manifest.ts';
 import { resolvePlugin } from './resolve.ts';
 
@@ -799,12 +799,8 @@ export async function addPlugin(o: AddOptions): Promise<AddResult> {
       let loaded;
       try {
         loaded = await loadPlugin(entry as unknown as PluginEntryConfig, {
-          baseDir: cfg.baseDir,
+          ...contextFromConfig(cfg.config, cfg.baseDir, { sdk, logger: silentLogger() }),
           pluginDir,
-          sdk,
-          logger: silentLogger(),
-          onError: cfg.config.filters.onError,
-          caps: cfg.config.filters,
         });
       } catch (err) {
         if (err instanceof MilterdError && err.code === 'MILTERD_CONFIG_INVALID') {

@@ -6,11 +6,12 @@
  */
 import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Ajv } from 'ajv';
 import { MilterdError } from '../errors.ts';
 import type { Logger } from '../log.ts';
+import type { Config } from '../config/schema.ts';
 import type { ChainEntry, FailurePolicy } from '../chain/filter.ts';
 import type { Capability } from '../../sdk/src/protocol.ts';
 import { RUNTIME_PROTOCOL } from '../../sdk/src/protocol.ts';
@@ -98,6 +99,28 @@ export interface LoadContext {
   readonly caps?: LimitCaps;
 }
 
+/**
+ * The load context a configuration implies: plugin paths relative to `baseDir` (the
+ * configuration file's folder), the failure policy and limit caps of `filters`, and, with
+ * `storage`, where kv plugins keep their data (`milterd check` and `milterd test` leave that out,
+ * so they never touch Redis).
+ */
+export function contextFromConfig(
+  config: Config,
+  baseDir: string,
+  services: { readonly sdk: SdkRuntime; readonly logger: Logger; readonly storage?: boolean },
+): LoadContext {
+  return {
+    baseDir,
+    ...(config.pluginDir === undefined ? {} : { pluginDir: resolve(baseDir, config.pluginDir) }),
+    sdk: services.sdk,
+    logger: services.logger,
+    onError: config.filters.onError,
+    caps: config.filters,
+    ...(services.storage === true ? { storage: config.storage } : {}),
+  };
+}
+
 /** Ceilings the administrator sets for every plugin in the chain. */
 export interface LimitCaps {
   /** Caps wallMs (and so cpuMs). */
@@ -128,6 +151,8 @@ export interface PreparedPlugin {
    * same key run the same thing, so a reload keeps the running sandbox instead of replacing it.
    */
   readonly key: string;
+  /** The limits it would run with (effectiveLimits); part of the key. */
+  readonly limits: PluginLimits;
 }
 
 /** Resolves, checks and bundles a plugin without starting it (cheap: no process). */
@@ -143,12 +168,12 @@ export async function preparePlugin(cfg: PluginEntryConfig, ctx: LoadContext): P
   const storage = cfg.capabilities?.includes('kv') === true ? ctx.storage : undefined;
   const limits = effectiveLimits(manifest.limits, cfg.limits, ctx.caps);
   const key = `${hash}\0${JSON.stringify({ ...settings, limits, dir, onError: cfg.onError ?? ctx.onError, storage })}`;
-  return { manifest, bundle, key };
+  return { manifest, bundle, key, limits };
 }
 
 /** Loads one plugin. Stops its sandbox again if anything after starting it fails. */
 export async function loadPlugin(cfg: PluginEntryConfig, ctx: LoadContext, prepared?: PreparedPlugin): Promise<LoadedPlugin> {
-  const { manifest, bundle, key } = prepared ?? (await preparePlugin(cfg, ctx));
+  const { manifest, bundle, key, limits } = prepared ?? (await preparePlugin(cfg, ctx));
   for (const w of bundle.warnings) ctx.logger.warn({ plugin: manifest.name }, `bundling: ${w}`);
 
   const granted = new Set(cfg.capabilities ?? []);
@@ -161,7 +186,6 @@ export async function loadPlugin(cfg: PluginEntryConfig, ctx: LoadContext, prepa
     );
   }
   const capabilities = asked.filter((c) => granted.has(c));
-  const limits = effectiveLimits(manifest.limits, cfg.limits, ctx.caps);
   const poolSize = cfg.poolSize ?? 2;
   const supervisor = new Supervisor({
     plugin: manifest.name,

@@ -17,7 +17,7 @@ import type { Config } from '../config/schema.ts';
 import { MilterdError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import { countReload } from '../metrics.ts';
-import { loadPlugin, preparePlugin, type LoadedPlugin, type LoadContext, type SdkRuntime } from '../plugins/load.ts';
+import { contextFromConfig, loadPlugin, preparePlugin, type LoadedPlugin, type LoadContext, type SdkRuntime } from '../plugins/load.ts';
 import type { MilterServer } from '../server/server.ts';
 import { keepWarmSandbox } from '../sandbox/supervisor.ts';
 
@@ -82,16 +82,7 @@ export class Reloader {
   }
 
   #ctx(config: Config): LoadContext {
-    const baseDir = dirname(resolve(this.#o.configFile));
-    return {
-      baseDir,
-      ...(config.pluginDir === undefined ? {} : { pluginDir: resolve(baseDir, config.pluginDir) }),
-      sdk: this.#o.sdk,
-      logger: this.#o.logger,
-      onError: config.filters.onError,
-      caps: config.filters,
-      storage: config.storage,
-    };
+    return contextFromConfig(config, dirname(resolve(this.#o.configFile)), { sdk: this.#o.sdk, logger: this.#o.logger, storage: true });
   }
 
   /** Reloads now (reloads are serialised; one requested during another runs right after it). */

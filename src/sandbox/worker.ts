@@ -253,7 +253,7 @@ class Slot {
       this.#finish(
         job,
         undefined,
-        failure('MILTERD_PLUGIN_WALL', `${job.call.phase} waited ${waited} ms behind the plugin's other calls on its isolate and did not start within ${wallMs} ms`),
+        failure('MILTERD_PLUGIN_WALL', `${job.call.phase} waited ${waited} ms for its isolate (busy with other connections' calls, or restarting) and did not start within ${wallMs} ms`),
       );
       return;
     }
