@@ -154,7 +154,12 @@ export class MilterServer {
     socket.on('error', (err: NodeJS.ErrnoException) => {
       this.#log.debug({ session: id, code: 'MILTERD_SESSION_SOCKET', err: err.message }, 'MTA connection error');
     });
-    socket.on('end', () => socket.end());
+    // The MTA closed its side: close ours (the session may have ended it already on QUIT;
+    // a second end() would build an ERR_STREAM_ALREADY_FINISHED error, stack and all, on
+    // every connection).
+    socket.on('end', () => {
+      if (!socket.writableEnded) socket.end();
+    });
     socket.on('close', () => {
       void session.end().finally(() => this.#sockets.delete(socket));
     });
