@@ -1,11 +1,13 @@
 /**
  * The daemon: configuration → logger → server, plus the process signals of libmilter's life
  * cycle. SIGTERM/SIGINT stop accepting and let connections finish (smfi_stop); a second
- * signal, or the shutdown deadline, closes what is left.
+ * signal, or the shutdown deadline, closes what is left. SIGHUP reopens `log.file` and reloads;
+ * SIGUSR2 only reopens `log.file`.
  * @module
  */
 import type { Config } from './config/schema.ts';
-import { createLogger, type Logger } from './log.ts';
+import type { ConfigOverrides } from './config/load.ts';
+import { createLogger, reopenLogFile, type Logger } from './log.ts';
 import { MilterServer } from './server/server.ts';
 import type { ChainEntry } from './chain/filter.ts';
 import { contextFromConfig, loadChain, loadSdkRuntime } from './plugins/load.ts';
@@ -46,6 +48,8 @@ export interface DaemonOptions {
   readonly baseDir: string;
   /** The configuration file: reloads read it again. Without it there is no reload. */
   readonly configFile?: string;
+  /** Command-line settings over the file's, re-applied at every reload. */
+  readonly overrides?: ConfigOverrides;
   readonly signals?: boolean;
   /** Human-friendly log lines (milterd dev). */
   readonly pretty?: boolean;
@@ -77,7 +81,7 @@ export async function startDaemon(config: Config, options: DaemonOptions): Promi
   const reloader =
     options.configFile === undefined
       ? undefined
-      : new Reloader({ configFile: options.configFile, config, plugins, server, sdk, logger });
+      : new Reloader({ configFile: options.configFile, config, plugins, server, sdk, logger, ...(options.overrides === undefined ? {} : { overrides: options.overrides }) });
   if (reloader !== undefined && config.reload.watch) reloader.watch(config.reload.debounceMs);
   let resolveStopped!: () => void;
   const stopped = new Promise<void>((r) => (resolveStopped = r));
@@ -108,15 +112,24 @@ export async function startDaemon(config: Config, options: DaemonOptions): Promi
     };
     process.on('SIGTERM', onSignal);
     process.on('SIGINT', onSignal);
+    // logrotate's postrotate sends SIGHUP (or SIGUSR2, which only reopens: SIGUSR1 is Node's
+    // inspector signal). Reopening first puts the reload's own lines in the new file.
+    const reopen = (sig: NodeJS.Signals): void => {
+      if (reopenLogFile(logger)) logger.info({ signal: sig, file: config.log.file }, 'log file reopened');
+    };
     const onHup = (): void => {
+      reopen('SIGHUP');
       if (reloader === undefined) logger.warn('SIGHUP: no configuration file to reload');
       else void reloader.reload('SIGHUP');
     };
+    const onUsr2 = (): void => reopen('SIGUSR2');
     process.on('SIGHUP', onHup);
+    process.on('SIGUSR2', onUsr2);
     void stopped.then(() => {
       process.off('SIGTERM', onSignal);
       process.off('SIGINT', onSignal);
       process.off('SIGHUP', onHup);
+      process.off('SIGUSR2', onUsr2);
     });
   }
   return { server, logger, stopped, stop, reloader };

@@ -26,14 +26,29 @@ export function createLogger(options: LogOptions): Logger {
       pretty({ colorize: process.stdout.isTTY === true && !process.env.NO_COLOR, translateTime: 'HH:MM:ss.l', ignore: 'pid,hostname', singleLine: true, sync: true }),
     );
   }
-  return pino(
-    {
-      level: options.level,
-      base: { pid: process.pid },
-      serializers: { err: pino.stdSerializers.err },
-    },
-    options.file === undefined ? undefined : pino.destination({ dest: options.file, append: true, mkdir: true, sync: false }),
-  );
+  if (options.file === undefined) {
+    return pino({ level: options.level, base: { pid: process.pid }, serializers: { err: pino.stdSerializers.err } });
+  }
+  const dest = pino.destination({ dest: options.file, append: true, mkdir: true, sync: false });
+  const logger = pino({ level: options.level, base: { pid: process.pid }, serializers: { err: pino.stdSerializers.err } }, dest);
+  files.set(logger, dest);
+  return logger;
+}
+
+/** The file destination of each logger made with `log.file`, for reopenLogFile. */
+const files = new WeakMap<Logger, ReturnType<typeof pino.destination>>();
+
+/**
+ * Reopens the logger's `log.file` by name (after logrotate moved it away: lines written since
+ * the rename went to the old file, the next ones go to a new file with the configured name).
+ * Lines buffered at the time are written to the old file first. Returns false when the logger
+ * writes to standard output.
+ */
+export function reopenLogFile(logger: Logger): boolean {
+  const dest = files.get(logger);
+  if (dest === undefined) return false;
+  dest.reopen();
+  return true;
 }
 
 /** A logger that writes nothing (tests, embedding). */

@@ -4,7 +4,7 @@
  */
 import { Command, Option } from 'commander';
 import { MilterdError } from '../errors.ts';
-import { fromObject, loadConfig } from '../config/load.ts';
+import { applyOverrides, loadConfig, type ConfigOverrides } from '../config/load.ts';
 import { dirname, join, resolve } from 'node:path';
 import type { Config } from '../config/schema.ts';
 import { startDaemon } from '../daemon.ts';
@@ -42,14 +42,12 @@ export function buildCli(): Command {
     )
     .action(async (opts: { config?: string; listen?: string[]; logLevel?: string }) => {
       const file = opts.config ?? DEFAULT_CONFIG_FILE;
-      let config: Config = await loadConfig(file);
-      if (opts.listen !== undefined || opts.logLevel !== undefined) {
-        const raw = structuredClone(config) as Record<string, unknown> & { log: Record<string, unknown> };
-        if (opts.listen !== undefined) raw.listen = opts.listen;
-        if (opts.logLevel !== undefined) raw.log.level = opts.logLevel;
-        config = fromObject(raw, file);
-      }
-      const daemon = await startDaemon(config, { baseDir: dirname(resolve(file)), configFile: resolve(file) });
+      const overrides: ConfigOverrides = {
+        ...(opts.listen === undefined ? {} : { listen: opts.listen }),
+        ...(opts.logLevel === undefined ? {} : { logLevel: opts.logLevel }),
+      };
+      const config = applyOverrides(await loadConfig(file), overrides, file);
+      const daemon = await startDaemon(config, { baseDir: dirname(resolve(file)), configFile: resolve(file), overrides });
       await daemon.stopped;
     });
   program

@@ -19,6 +19,24 @@ export function defaultConfig(): Config {
   return fromObject({}, '<defaults>');
 }
 
+/**
+ * Settings given on the command line (`milterd start --listen/--log-level`). They win over the
+ * file at start and at every reload, so a reload does not mistake them for edits of the file.
+ */
+export interface ConfigOverrides {
+  readonly listen?: readonly string[];
+  readonly logLevel?: string;
+}
+
+/** The configuration with `overrides` applied (validated again: an override can be invalid too). */
+export function applyOverrides(config: Config, overrides: ConfigOverrides | undefined, file: string): Config {
+  if (overrides === undefined || (overrides.listen === undefined && overrides.logLevel === undefined)) return config;
+  const raw = structuredClone(config) as Record<string, unknown> & { log: Record<string, unknown> };
+  if (overrides.listen !== undefined) raw.listen = [...overrides.listen];
+  if (overrides.logLevel !== undefined) raw.log.level = overrides.logLevel;
+  return fromObject(raw, file);
+}
+
 /** Reads, parses and validates a configuration file. */
 export async function loadConfig(file: string): Promise<Config> {
   let text: string;

@@ -43,7 +43,7 @@ export const ConfigSchema = Type.Object(
           default: 'info',
           description: 'pino level. info logs every non-accept verdict; debug every message.',
         }),
-        file: Type.Optional(Type.String({ minLength: 1, description: 'Append logs to this file instead of standard output.' })),
+        file: Type.Optional(Type.String({ minLength: 1, description: 'Append logs to this file instead of standard output. SIGUSR2 (or SIGHUP, which also reloads) reopens it by name, for log rotation.' })),
       },
       { additionalProperties: false, default: {} },
     ),

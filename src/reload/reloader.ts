@@ -12,7 +12,7 @@ import { stat } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { Chain, DEFAULT_CHAIN_DEFAULTS } from '../chain/chain.ts';
-import { loadConfig } from '../config/load.ts';
+import { applyOverrides, loadConfig, type ConfigOverrides } from '../config/load.ts';
 import type { Config } from '../config/schema.ts';
 import { MilterdError } from '../errors.ts';
 import type { Logger } from '../log.ts';
@@ -38,11 +38,13 @@ export interface ReloadResult {
 }
 
 /** Settings of the config that a reload cannot apply (they need a restart). */
-const RESTART_KEYS = ['listen', 'socketMode', 'tmpDir', 'log', 'limits', 'timeouts', 'pluginDir', 'metrics', 'reload'] as const;
+const RESTART_KEYS = ['listen', 'socketMode', 'tmpDir', 'log', 'limits', 'timeouts', 'metrics', 'reload'] as const;
 
 export interface ReloaderOptions {
   readonly configFile: string;
   readonly config: Config;
+  /** Command-line settings that win over the file (applied to each reloaded configuration). */
+  readonly overrides?: ConfigOverrides;
   readonly plugins: readonly LoadedPlugin[];
   readonly server: MilterServer;
   readonly sdk: SdkRuntime;
@@ -146,7 +148,7 @@ export class Reloader {
   async #rebuild(reason: string, t0: number): Promise<ReloadResult> {
     const started: LoadedPlugin[] = [];
     try {
-      const config = await loadConfig(this.#o.configFile);
+      const config = applyOverrides(await loadConfig(this.#o.configFile), this.#o.overrides, this.#o.configFile);
       const ctx = this.#ctx(config);
       const byKey = new Map(this.plugins.map((p) => [p.key, p]));
       const plugins: LoadedPlugin[] = [];

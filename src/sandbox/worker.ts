@@ -478,8 +478,10 @@ process.on('message', onMessage);
 // Stop signals are for the daemon, which stops its sandboxes itself (IPC disconnect, or SIGKILL)
 // once its connections are done. They reach this process too when they are sent to the whole
 // process group (Ctrl-C in a terminal) or the whole cgroup (systemd's default KillMode): dying
-// here would fail the calls of the messages the daemon is letting finish.
-for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.on(signal, () => undefined);
+// here would fail the calls of the messages the daemon is letting finish. The daemon's other
+// signals (SIGHUP reload, SIGUSR2 reopen the log) reach it the same way (`systemctl kill -s`
+// signals the whole cgroup), and their default action here would be to terminate.
+for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP', 'SIGUSR2'] as const) process.on(signal, () => undefined);
 // The daemon went away (stopped, or killed: the IPC channel closes either way): nothing left to serve.
 process.on('disconnect', () => {
   kv?.close();

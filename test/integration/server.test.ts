@@ -175,7 +175,7 @@ test('the daemon process: SIGTERM lets a connection finish, then exits 0; a seco
   assert.equal(code2, 0);
 });
 
-test('a stop signal sent to the whole process group (Ctrl-C, systemd) leaves the sandboxes serving the messages being finished, and no process behind', async (t) => {
+test('signals sent to the whole process group (Ctrl-C, systemd, logrotate) leave the sandboxes serving the messages being finished, and no process behind', async (t) => {
   // The default chain: three example plugins, each in its own sandbox process.
   const proc = spawn(process.execPath, ['bin/milterd.js', 'start', '--listen', 'inet:0@127.0.0.1'], { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
   const group = proc.pid!;
@@ -203,7 +203,11 @@ test('a stop signal sent to the whole process group (Ctrl-C, systemd) leaves the
   await c.connect();
   await c.mail('<a@example.org>');
   await c.rcpt('<b@example.net>');
-  // Mid-message, the signal reaches the daemon and every sandbox process at once.
+  // Mid-message, signals reach the daemon and every sandbox process at once: the daemon's
+  // reload and reopen-the-log signals first, then the stop.
+  process.kill(-group, 'SIGHUP');
+  process.kill(-group, 'SIGUSR2');
+  await new Promise((r) => setTimeout(r, 100));
   process.kill(-group, 'SIGTERM');
   await new Promise((r) => setTimeout(r, 300));
   await c.data();
