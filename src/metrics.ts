@@ -14,6 +14,7 @@ interface Instruments {
   readonly restarts: Counter<'plugin' | 'code'>;
   readonly breaker: Counter<'plugin'>;
   readonly reloads: Counter<'result'>;
+  readonly storageUp: Gauge<'plugin'>;
   readonly eomSeconds: Histogram;
 }
 
@@ -43,6 +44,12 @@ export function enableMetrics(connections: () => number): Registry {
     restarts: new Counter({ name: 'milterd_sandbox_restarts_total', help: 'Sandbox process restarts by plugin and cause.', labelNames: ['plugin', 'code'], registers: r }),
     breaker: new Counter({ name: 'milterd_plugin_switched_off_total', help: 'Times a plugin\'s circuit breaker opened.', labelNames: ['plugin'], registers: r }),
     reloads: new Counter({ name: 'milterd_reloads_total', help: 'Chain reloads by result.', labelNames: ['result'], registers: r }),
+    storageUp: new Gauge({
+      name: 'milterd_storage_up',
+      help: 'Whether a plugin\'s sandbox reaches its kv storage (Redis): 1 yes, 0 no. Absent until the plugin\'s first kv call.',
+      labelNames: ['plugin'],
+      registers: r,
+    }),
     eomSeconds: new Histogram({
       name: 'milterd_eom_seconds',
       help: 'Time the chain took at end of message.',
@@ -75,6 +82,9 @@ export function countRestart(plugin: string, code: string): void {
 }
 export function countBreakerOpen(plugin: string): void {
   on?.breaker.inc({ plugin });
+}
+export function setStorageUp(plugin: string, up: boolean): void {
+  on?.storageUp.set({ plugin }, up ? 1 : 0);
 }
 export function countReload(ok: boolean): void {
   on?.reloads.inc({ result: ok ? 'ok' : 'failed' });

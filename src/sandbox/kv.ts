@@ -262,6 +262,13 @@ function reconnectDelay(retries: number): number {
   return Math.min(50 * 2 ** Math.min(retries, 6), 2000) + Math.floor(Math.random() * 100);
 }
 
+/**
+ * The connection to the storage backend changed: `up` after a (re)connection, `!up` with the
+ * reason when it is lost or cannot be made. Reported on transitions only, not on every failed
+ * reconnection attempt.
+ */
+export type StorageStateListener = (state: { readonly up: boolean; readonly where: string; readonly reason?: string }) => void;
+
 /** The plugin's key-value store in Redis, shared by every process using the same server. */
 export class RedisKv implements KvStore {
   readonly #s: StorageSettings;
@@ -275,10 +282,14 @@ export class RedisKv implements KvStore {
   #closed = false;
   /** The client library, loaded when the store is made (~200 ms, off the mail path). */
   readonly #lib: Promise<typeof import('redis')>;
+  readonly #onState: StorageStateListener | undefined;
+  /** What was last reported to #onState (undefined: nothing yet). */
+  #reportedUp: boolean | undefined;
 
-  constructor(settings: StorageSettings, plugin: string) {
+  constructor(settings: StorageSettings, plugin: string, onState?: StorageStateListener) {
     this.#s = settings;
     this.#plugin = plugin;
+    this.#onState = onState;
     this.#where = redisWhere(settings.url);
     // Only processes on the Redis backend load it; the connection still waits for a kv call.
     this.#lib = import('redis');
@@ -370,15 +381,23 @@ export class RedisKv implements KvStore {
       client.once('error', () => resolve());
     });
     // Without an 'error' listener a connection error would crash the process.
-    client.on('error', (err) => {
-      this.#down = errorText(err);
-    });
+    client.on('error', (err) => this.#lost(errorText(err)));
     client.on('ready', () => {
       this.#down = undefined;
+      this.#report(true);
     });
-    client.connect().catch((err: unknown) => {
-      this.#down = errorText(err);
-    });
+    client.connect().catch((err: unknown) => this.#lost(errorText(err)));
+  }
+
+  #lost(reason: string): void {
+    this.#down = reason;
+    this.#report(false, reason);
+  }
+
+  #report(up: boolean, reason?: string): void {
+    if (this.#closed || this.#reportedUp === up) return;
+    this.#reportedUp = up;
+    this.#onState?.({ up, where: this.#where, ...(reason === undefined ? {} : { reason }) });
   }
 
   close(): void {
@@ -402,7 +421,7 @@ function errorText(err: unknown): string {
   return String(err);
 }
 
-/** The store a sandbox process serves its plugin from. */
-export function createKv(settings: StorageSettings | undefined, plugin: string): KvStore {
-  return settings?.backend === 'redis' ? new RedisKv(settings, plugin) : new MemoryKv();
+/** The store a sandbox process serves its plugin from (`onState`: Redis connection changes). */
+export function createKv(settings: StorageSettings | undefined, plugin: string, onState?: StorageStateListener): KvStore {
+  return settings?.backend === 'redis' ? new RedisKv(settings, plugin, onState) : new MemoryKv();
 }

@@ -67,5 +67,7 @@ export type FromSandbox =
   | { readonly type: 'fatal'; readonly message: string }
   /** Several results written in one event-loop turn. */
   | { readonly type: 'batch'; readonly items: readonly FromSandbox[] }
+  /** The kv storage backend (Redis) was lost (`reason`) or reached again. */
+  | { readonly type: 'storage'; readonly up: boolean; readonly where: string; readonly reason?: string }
   /** A one-way call (abort, close) failed: logged by the daemon with plugin, hook and code. */
   | { readonly type: 'notice'; readonly phase: string; readonly error: SandboxFailure; readonly logs: readonly PluginLog[] };

@@ -18,7 +18,7 @@ import { MilterdError, type ErrorCode, ERRORS } from '../errors.ts';
 import { BUILT, PACKAGE_ROOT } from '../paths.ts';
 import { BREAKER_DEFAULTS } from '../config/schema.ts';
 import type { Logger } from '../log.ts';
-import { countBreakerOpen, countRestart } from '../metrics.ts';
+import { countBreakerOpen, countRestart, setStorageUp } from '../metrics.ts';
 import type { Capability, WireCall, WireDescription, WireResult } from '../../sdk/src/protocol.ts';
 import type { FromSandbox, PluginLog, SandboxLimits, ToSandbox } from './messages.ts';
 import type { StorageSettings } from './kv.ts';
@@ -171,6 +171,8 @@ export class Supervisor {
    * good envrcpt resetting the count.
    */
   readonly #consecutive = new Map<string, number>();
+  /** Since when the kv storage is down (0: up, or not used yet); kept across process restarts. */
+  #storageDownSince = 0;
   #openUntil = 0;
   #cooldown: number;
   description: WireDescription | undefined;
@@ -289,6 +291,9 @@ export class Supervisor {
         }
         return;
       }
+      case 'storage':
+        this.#storage(m.up, m.where, m.reason);
+        return;
       case 'notice':
         this.#fail(m.error.code, m.phase);
         this.#log.warn(
@@ -344,15 +349,6 @@ export class Supervisor {
   }
 
   /**
-   * Counts a failure against the breaker; opens it at the threshold, or at once when the
-   * failure was the retry after a cool-down (half-open), then for twice as long.
-   *
-   * `#openUntil` is 0 while the breaker is closed. It used to stay set after a successful
-   * retry: the breaker then needed `threshold` more failures to reopen after a failed retry,
-   * doubled its cool-down on the next opening even after long healthy periods, and logged
-   * "retrying a switched-off plugin" before every later call.
-   */
-  /**
    * A good call ends the run of failures of its hook. It also ends those whose successes are
    * never seen: one-way calls (abort, close) and a process death with no call in flight. Left
    * alone, those counts would add up rare failures over days until the breaker opened.
@@ -362,6 +358,34 @@ export class Supervisor {
     for (const unseen of UNSEEN_SUCCESS) this.#consecutive.delete(unseen);
   }
 
+  /**
+   * The sandbox lost or regained its kv storage. Logged once per outage, whichever process
+   * reports it: a sandbox restarted during an outage reports it again, and says nothing new.
+   */
+  #storage(up: boolean, where: string, reason: string | undefined): void {
+    setStorageUp(this.#o.plugin, up);
+    if (!up && this.#storageDownSince === 0) {
+      this.#storageDownSince = Date.now();
+      this.#log.warn(
+        { code: 'MILTERD_PLUGIN_KV', storage: where, err: reason },
+        `storage ${where} unavailable (${reason ?? 'disconnected'}): kv calls of ${this.#o.plugin} fail until it is back`,
+      );
+    } else if (up && this.#storageDownSince !== 0) {
+      const downMs = Date.now() - this.#storageDownSince;
+      this.#storageDownSince = 0;
+      this.#log.info({ storage: where, downMs }, `storage ${where} reachable again after ${(downMs / 1000).toFixed(1)} s`);
+    }
+  }
+
+  /**
+   * Counts a failure against the breaker; opens it at the threshold, or at once when the
+   * failure was the retry after a cool-down (half-open), then for twice as long.
+   *
+   * `#openUntil` is 0 while the breaker is closed. It used to stay set after a successful
+   * retry: the breaker then needed `threshold` more failures to reopen after a failed retry,
+   * doubled its cool-down on the next opening even after long healthy periods, and logged
+   * "retrying a switched-off plugin" before every later call.
+   */
   #fail(code: string, phase: string): void {
     if (!BREAKER_CODES.has(code)) return;
     const n = (this.#consecutive.get(phase) ?? 0) + 1;

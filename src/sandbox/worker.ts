@@ -445,7 +445,8 @@ let rr = 0;
 
 async function init(msg: Init): Promise<void> {
   // One store for the whole pool; with Redis, one connection, opened at the first kv call.
-  const store = createKv(msg.storage, msg.plugin);
+  // The daemon logs Redis outages and recoveries once each (the plugin only sees its calls fail).
+  const store = createKv(msg.storage, msg.plugin, (state) => send({ type: 'storage', ...state }));
   kv = store;
   slots = Array.from({ length: Math.max(1, msg.poolSize) }, () => new Slot(msg, store));
   try {

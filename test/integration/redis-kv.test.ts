@@ -19,6 +19,7 @@ import { loadChain, loadSdkRuntime, type PluginEntryConfig, type SdkRuntime } fr
 import { runMessage, type TestMessage } from '../../src/testing/index.ts';
 import { MemoryKv, RedisKv, type StorageSettings } from '../../src/sandbox/kv.ts';
 import { mtaRequired, which } from '../support/mta-available.ts';
+import { enableMetrics } from '../../src/metrics.ts';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const REDIS_SERVER = which('redis-server');
@@ -248,32 +249,84 @@ describe('Redis kv backend', { skip, timeout: 60_000 }, () => {
     assert.deepEqual(await redis.keys(k('x')), []);
   });
 
-  test('a Redis that restarts: calls fail while it is down, the connection comes back by itself', async (t) => {
+  /** A redis-server of its own on port `p` (killed, then started again, by the outage tests). */
+  const spawnRedis = (p: number): ChildProcess =>
+    spawn(REDIS_SERVER!, ['--port', String(p), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
+  const stopRedis = async (s: ChildProcess): Promise<void> => {
+    if (s.exitCode !== null || s.signalCode !== null) return;
+    const exited = new Promise<void>((r) => s.once('exit', () => r()));
+    s.kill('SIGKILL');
+    await exited;
+  };
+  const until = async (ok: () => boolean | Promise<boolean>, what: string): Promise<void> => {
+    const deadline = Date.now() + 10_000;
+    while (!(await ok())) {
+      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+      await sleep(50);
+    }
+  };
+
+  test('a Redis that restarts: calls fail while it is down, the connection comes back by itself; each change is reported once', async (t) => {
     const p2 = await freePort();
-    const spawnRedis = () => spawn(REDIS_SERVER!, ['--port', String(p2), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
-    const stopRedis = async (s: ChildProcess) => {
-      if (s.exitCode !== null || s.signalCode !== null) return;
-      const exited = new Promise<void>((r) => s.once('exit', () => r()));
-      s.kill('SIGKILL');
-      await exited;
-    };
-    let s = spawnRedis();
+    let s = spawnRedis(p2);
     t.after(() => stopRedis(s));
-    const kv = new RedisKv({ ...storage, url: `redis://127.0.0.1:${p2}`, timeoutMs: 1000 }, 'p');
+    const states: { up: boolean; where: string; reason?: string }[] = [];
+    const kv = new RedisKv({ ...storage, url: `redis://127.0.0.1:${p2}`, timeoutMs: 1000 }, 'p', (st) => states.push(st));
     t.after(() => kv.close());
-    const until = async (ok: () => Promise<boolean>, what: string) => {
-      const deadline = Date.now() + 10_000;
-      while (!(await ok())) {
-        if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-        await sleep(50);
-      }
-    };
     const works = () => kv.run('incr', 'r', 1, undefined).then(() => true, () => false);
     await until(works, 'the first connection');
     await stopRedis(s);
     await assert.rejects(kv.run('get', 'r', undefined, undefined), /^Error: \[MILTERD_PLUGIN_KV\] redis:\/\/127\.0\.0\.1:\d+ (unavailable|kv\.get|did not answer)/);
-    s = spawnRedis();
+    await sleep(600); // several reconnection attempts fail meanwhile (50, 100, 200 ms apart...)
+    s = spawnRedis(p2);
     await until(works, 'the reconnection');
     assert.equal(await kv.run('get', 'r', undefined, undefined), 1); // a new, empty server
+    // Only the transitions: the first connection (before redis-server listened, the first attempt
+    // may fail, which reads as down, then up), the outage, the recovery.
+    const trimmed = states[0]?.up === false ? states.slice(1) : states;
+    assert.deepEqual(
+      trimmed.map((x) => x.up),
+      [true, false, true],
+      JSON.stringify(states),
+    );
+    assert.equal(trimmed[1]!.where, `redis://127.0.0.1:${p2}`);
+    assert.ok(trimmed[1]!.reason, 'the outage says why');
+  });
+
+  test('the daemon logs a Redis outage once per plugin, and its end, with milterd_storage_up following', async (t) => {
+    const registry = enableMetrics(() => 0);
+    const gauge = async (): Promise<string | undefined> =>
+      /milterd_storage_up\{plugin="@milterd\/plugin-greylist"\} (\d)/.exec(await registry.metrics())?.[1];
+    const p2 = await freePort();
+    let s = spawnRedis(p2);
+    t.after(() => stopRedis(s));
+    const { logger, records } = memoryLogger();
+    const c = await chain({ ...storage, url: `redis://127.0.0.1:${p2}`, timeoutMs: 500 }, logger);
+    t.after(() => c.close());
+    const outage = () => records.filter((l) => /^storage .* unavailable/.test(String(l.msg)));
+    const back = () => records.filter((l) => /^storage .* reachable again/.test(String(l.msg)));
+    // Connected once greylist's kv calls work (its first message is tempfailed).
+    await until(async () => (await c.run({ ...message, rcpts: ['first@example.net'] })).rcpts[0]?.verdict === 'tempfail', 'Redis up');
+    assert.equal(await gauge(), '1');
+    const before = outage().length; // a refused first attempt, before redis-server listened, counts as one
+
+    await stopRedis(s);
+    for (let i = 0; i < 3; i++) assert.equal((await c.run({ ...message, rcpts: [`down${i}@example.net`] })).verdict, 'accept');
+    await until(() => outage().length > before, 'the outage line');
+    await sleep(600); // reconnection attempts keep failing: no new line
+    assert.equal(outage().length, before + 1, JSON.stringify(outage()));
+    const line = outage().at(-1)!;
+    assert.equal(line.level, 40);
+    assert.equal(line.code, 'MILTERD_PLUGIN_KV');
+    assert.equal(line.plugin, '@milterd/plugin-greylist');
+    assert.equal(line.storage, `redis://127.0.0.1:${p2}`);
+    assert.equal(await gauge(), '0');
+
+    s = spawnRedis(p2);
+    await until(() => back().length > 0 && back().length >= outage().length, 'the recovery line');
+    const up = back().at(-1)!;
+    assert.equal(up.plugin, '@milterd/plugin-greylist');
+    assert.ok(typeof up.downMs === 'number' && up.downMs >= 600, JSON.stringify(up));
+    assert.equal(await gauge(), '1');
   });
 });
