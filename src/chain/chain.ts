@@ -512,7 +512,7 @@ function thrown(err: unknown): Decision {
 }
 
 /** Validates what a hook returned, including its reply code (never sent if invalid). */
-function checkVerdict(phase: Phase, v: unknown): Decision {
+export function checkVerdict(phase: Phase, v: unknown): Decision {
   if (v === undefined) return { ok: true, verdict: CONTINUE };
   if (v === null || typeof v !== 'object' || typeof (v as { type?: unknown }).type !== 'string') {
     return fail('MILTERD_FILTER_BAD_VERDICT', `${phase} returned ${describe(v)}, not a verdict`);

@@ -5,7 +5,7 @@
  * @module
  */
 import { performance } from 'node:perf_hooks';
-import { Chain, ChainRun, DEFAULT_CHAIN_DEFAULTS, type Outcome } from '../chain/chain.ts';
+import { Chain, ChainRun, checkVerdict, DEFAULT_CHAIN_DEFAULTS, type Outcome, type Phase } from '../chain/chain.ts';
 import { BodyStore } from '../chain/content.ts';
 import type { ChainEntry, ConnectionInfo, EnvelopeAddress, Filter, FilterAction, HeaderField } from '../chain/filter.ts';
 import { diffToActions, headerValue, type MessageSnapshot, type WorkHeader } from '../chain/message.ts';
@@ -30,11 +30,19 @@ export interface TestMessage {
   readonly macros?: Readonly<Record<string, string>>;
 }
 
-/** What one filter decided in one phase. */
+/**
+ * What one filter decided in one call. A sandboxed plugin's header, eoh and body hooks run
+ * inside its end-of-message call (the SDK replays the message), so they show as its `eom` step.
+ */
 export interface TestStep {
   readonly filter: string;
+  /** connect, helo, envfrom, envrcpt, data, unknown or eom. */
   readonly phase: string;
-  /** continue, accept, reject, tempfail, discard, or error. */
+  /**
+   * continue, accept, reject, tempfail, discard, or error: the call failed (threw, timed out,
+   * a limit, or returned an invalid verdict or reply; `error` says which), and the filter's
+   * failure policy applied.
+   */
   readonly verdict: string;
   readonly reply?: string;
   readonly ms: number;
@@ -82,8 +90,16 @@ function recorded(f: Filter, steps: TestStep[]): Filter {
       const t0 = performance.now();
       try {
         const v = (await fn.apply(f, args)) as { type?: string; reply?: { code: string; xcode?: string; text?: unknown } } | undefined;
+        const ms = performance.now() - t0;
+        // The chain's own check: a bad verdict or reply is a failure (the failure policy applies),
+        // so the step says so instead of showing a reply the MTA never gets.
+        const d = checkVerdict(phase as Phase, v);
+        if (!d.ok) {
+          steps.push({ filter: f.name, phase, verdict: 'error', ms, error: { code: d.error.code, message: d.error.message } });
+          return v;
+        }
         const reply = v?.reply ? [v.reply.code, v.reply.xcode, Array.isArray(v.reply.text) ? v.reply.text.join(' / ') : v.reply.text].filter(Boolean).join(' ') : undefined;
-        steps.push({ filter: f.name, phase, verdict: v?.type ?? 'continue', ...(reply ? { reply } : {}), ms: performance.now() - t0 });
+        steps.push({ filter: f.name, phase, verdict: d.verdict.type, ...(reply ? { reply } : {}), ms });
         return v;
       } catch (err) {
         const e = err as { code?: string; message?: string };

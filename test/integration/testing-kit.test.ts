@@ -75,3 +75,14 @@ test('a plugin that declares reads.body=false is not handed the body: a 40 MB me
   assert.equal(r.body.length, body.length);
   assert.deepEqual(r.actions, [{ kind: 'addheader', name: 'X-Filtered-By', value: ' milterd' }]);
 });
+
+test('a reply the chain refuses shows as an error step with its code, and the recipient gets the failure policy', async (t) => {
+  const plugin = await loadTestPlugin(join(ROOT, 'test/fixtures/hostile/bad-reply'), { options: { kind: 'class' } });
+  t.after(() => plugin.close());
+  const r = await plugin.run({ from: 'hostile@example.org', rcpts: ['bob@example.net'] });
+  const step = r.steps.find((s) => s.phase === 'envrcpt');
+  assert.equal(step?.verdict, 'error', JSON.stringify(r.steps));
+  assert.equal(step?.error?.code, 'MILTERD_FILTER_BAD_REPLY');
+  assert.equal(step?.reply, undefined, 'the refused reply is not shown as if sent');
+  assert.equal(r.rcpts[0]?.verdict, 'tempfail'); // the default failure policy
+});
