@@ -35,7 +35,7 @@ export async function check(file: string): Promise<string> {
     plugins.forEach((p, i) => {
       const m = p.manifest;
       const cfg = config.chain.filter((e) => e.enabled !== false)[i]!;
-      out.push(`  ${i + 1}. ${m.name}@${m.version} (${m.dir})`);
+      out.push(`  ${i + 1}. ${m.name}@${m.version} (${m.dir})${cfg.shadow === true ? ' [shadow: verdicts and edits logged, not applied]' : ''}`);
       out.push(`     sdk ${m.sdk}; hooks: ${p.supervisor.description?.hooks.join(', ') || '-'}`);
       out.push(`     actions: ${m.actions.join(', ') || '-'}; capabilities: ${p.granted.join(', ') || '-'}${
         m.capabilities.length > p.granted.length ? ` (asked but not granted: ${m.capabilities.filter((c) => !p.granted.includes(c)).join(', ')})` : ''

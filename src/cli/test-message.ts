@@ -309,9 +309,10 @@ export function reportText(r: TestReport, color: boolean): string {
   groups.forEach((g, i) => {
     const steps = res.steps.filter((s) => s.filter === g.name);
     const total = steps.reduce((a, s) => a + s.ms, 0);
-    out.push(`  ${pad(`${i + 1}. ${g.label}`, labelW)}${steps.length === 0 ? st.dim('not called') : `${steps.length} call${steps.length === 1 ? '' : 's'}, ${formatMs(total)}`}`);
+    const shadow = steps.some((s) => s.shadow) ? st.dim(' (shadow: its verdicts and edits are not applied)') : '';
+    out.push(`  ${pad(`${i + 1}. ${g.label}`, labelW)}${steps.length === 0 ? st.dim('not called') : `${steps.length} call${steps.length === 1 ? '' : 's'}, ${formatMs(total)}`}${shadow}`);
     for (const s of steps) {
-      const detail = s.error ? `${st.red(s.error.code)}: ${s.error.message}` : (s.reply ?? '');
+      const detail = `${s.error ? `${st.red(s.error.code)}: ${s.error.message}` : (s.reply ?? '')}${s.shadow && s.verdict !== 'continue' ? st.dim(' (shadow: not applied)') : ''}`.trimStart();
       out.push(`       ${pad(s.phase, phaseW)}${verdictStyle(st, s.verdict)(pad(s.verdict, verdictW))}${formatMs(s.ms).padStart(msW - 2)}  ${detail}`.trimEnd());
     }
     for (const l of r.logs.filter((x) => x.plugin === g.name)) {

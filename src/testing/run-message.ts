@@ -47,6 +47,8 @@ export interface TestStep {
   readonly reply?: string;
   readonly ms: number;
   readonly error?: { readonly code: string; readonly message: string };
+  /** The entry is in shadow mode: this verdict (and its edits) were logged, not applied. */
+  readonly shadow?: true;
 }
 
 /** The outcome of a test run. */
@@ -83,7 +85,8 @@ function split(a: string): EnvelopeAddress {
 }
 
 /** Wraps a filter so every call is recorded with its verdict and time. */
-function recorded(f: Filter, steps: TestStep[]): Filter {
+function recorded(f: Filter, steps: TestStep[], shadow: boolean): Filter {
+  const mark = shadow ? { shadow: true as const } : {};
   const wrap = <A extends unknown[]>(phase: string, fn: ((...a: A) => unknown) | undefined) => {
     if (fn === undefined) return undefined;
     return async (...args: A) => {
@@ -95,15 +98,15 @@ function recorded(f: Filter, steps: TestStep[]): Filter {
         // so the step says so instead of showing a reply the MTA never gets.
         const d = checkVerdict(phase as Phase, v);
         if (!d.ok) {
-          steps.push({ filter: f.name, phase, verdict: 'error', ms, error: { code: d.error.code, message: d.error.message } });
+          steps.push({ filter: f.name, phase, verdict: 'error', ms, error: { code: d.error.code, message: d.error.message }, ...mark });
           return v;
         }
         const reply = v?.reply ? [v.reply.code, v.reply.xcode, Array.isArray(v.reply.text) ? v.reply.text.join(' / ') : v.reply.text].filter(Boolean).join(' ') : undefined;
-        steps.push({ filter: f.name, phase, verdict: d.verdict.type, ...(reply ? { reply } : {}), ms });
+        steps.push({ filter: f.name, phase, verdict: d.verdict.type, ...(reply ? { reply } : {}), ms, ...mark });
         return v;
       } catch (err) {
         const e = err as { code?: string; message?: string };
-        steps.push({ filter: f.name, phase, verdict: 'error', ms: performance.now() - t0, error: { code: e.code ?? 'MILTERD_FILTER_THREW', message: e.message ?? String(err) } });
+        steps.push({ filter: f.name, phase, verdict: 'error', ms: performance.now() - t0, error: { code: e.code ?? 'MILTERD_FILTER_THREW', message: e.message ?? String(err) }, ...mark });
         throw err;
       }
     };
@@ -126,7 +129,7 @@ function recorded(f: Filter, steps: TestStep[]): Filter {
 export async function runMessage(entries: readonly ChainEntry[], msg: TestMessage, options: { logger?: Logger } = {}): Promise<TestResult> {
   const steps: TestStep[] = [];
   const chain = new Chain(
-    entries.map((e) => ({ ...e, filter: recorded(e.filter, steps) })),
+    entries.map((e) => ({ ...e, filter: recorded(e.filter, steps, e.shadow === true) })),
     DEFAULT_CHAIN_DEFAULTS,
   );
   const macros = new Map<string, string>(Object.entries(msg.macros ?? {}).map(([k, v]) => [macroKey(k), v]));

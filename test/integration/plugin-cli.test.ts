@@ -421,3 +421,20 @@ test('editing the chain keeps the file as written: comments above the first entr
     else assert.equal(back, c.text, c.name);
   }
 });
+
+test('the example plugins install from their own tarballs with no registry: the SDK is a dev dependency, the sandbox provides it', TIMEOUT, async () => {
+  const file = await project('example-tarball', exampleConfig());
+  const greylist = await pack(join(ROOT, 'plugins/greylist'), join(scratch, 'tarballs'));
+  const r = await exec(process.execPath, [BIN, 'plugin', 'add', greylist, '--grant', 'kv,clock,log', '--config', file], {
+    cwd: scratch,
+    timeout: 120_000,
+    // Offline: npm may use nothing but the tarball (and would fail on a dependency to fetch).
+    env: { ...process.env, MILTERD_TEST_MARKER: marker, npm_config_offline: 'true' },
+  }).then(
+    (x) => ({ code: 0, stdout: x.stdout, stderr: x.stderr }),
+    (e: { code: number; stdout: string; stderr: string }) => ({ code: e.code, stdout: e.stdout, stderr: e.stderr }),
+  );
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(await readFile(file, 'utf8'), /plugin: "@milterd\/plugin-greylist"\n {4}capabilities: \[kv, clock, log\]/);
+  assert.equal(await exists(join(dirname(file), 'plugins/node_modules/@milterd/sdk')), false, 'no SDK copy installed next to it');
+});

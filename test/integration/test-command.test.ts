@@ -72,6 +72,26 @@ test('test: --rcpt, --macro, --from: the nobody recipient is rejected with 550 5
   assert.match(r.stdout, /\+ X-Filtered-By: milterd \(queue id 4Z1abc\)/);
 });
 
+test('a shadow entry: test marks its verdicts as not applied (the recipient goes through), check marks the entry', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'milterd-test-shadow-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  const file = join(dir, 'milterd.yaml');
+  const root = join(import.meta.dirname, '../..');
+  await writeFile(
+    file,
+    ['chain:', `  - plugin: ${join(root, 'plugins/recipient-policy')}`, '    capabilities: [log]', "    options: { reject: ['^nobody@'] }", '    shadow: true', ''].join('\n'),
+  );
+  const r = await run(['test', FIXTURE, '--config', file, '--rcpt', 'nobody@example.org']);
+  assert.equal(r.code, 0, r.stderr);
+  const plugins = section(r.stdout, 'Plugins');
+  assert.match(plugins, /1\. @milterd\/plugin-recipient-policy@1\.0\.0 +1 call, \d+\.\d ms \(shadow: its verdicts and edits are not applied\)/);
+  assert.match(plugins, /envrcpt +reject +\d+\.\d ms +550 5\.1\.1 Recipient not accepted here \(shadow: not applied\)/);
+  assert.match(section(r.stdout, 'Recipients'), /<nobody@example\.org> +accepted/);
+  const c = await run(['check', '--config', file]);
+  assert.equal(c.code, 0, c.stderr);
+  assert.match(c.stdout, /1\. @milterd\/plugin-recipient-policy@1\.0\.0 \(.*\) \[shadow: verdicts and edits logged, not applied\]/);
+});
+
 test('test --json: the TestResult with steps, actions and the body as text or base64', async () => {
   const r = await run(['test', FIXTURE, '--json']);
   assert.equal(r.code, 0, r.stderr);
