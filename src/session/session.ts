@@ -24,7 +24,7 @@ import { performance } from 'node:perf_hooks';
 import { countMessage, metricsEnabled } from '../metrics.ts';
 import type { Logger } from '../log.ts';
 import { SMFIC, SMFIP } from '../protocol/constants.ts';
-import { decodeCommand, FrameReader } from '../protocol/decoder.ts';
+import { decodeCommand, FrameReader, type Frame } from '../protocol/decoder.ts';
 import {
   encodeReplaceBody,
   encodeReply,
@@ -44,6 +44,9 @@ import { describeEdit, diffToActions, headerValue, type MessageSnapshot, type Wo
 import { MACRO_STAGES, MacroStore } from './macros.ts';
 import { fits, negotiate, type Negotiated } from './negotiate.ts';
 import type { ChainHolder } from '../chain/holder.ts';
+
+/** #frame's answer when the connection is being closed. */
+const FATAL = Symbol('fatal');
 
 /** Session states. The names are the last command seen. */
 export const State = {
@@ -266,18 +269,8 @@ export class Session {
           break;
         }
         if (frame === null) break;
-        let cmd: MilterCommand;
-        try {
-          cmd = decodeCommand(frame);
-        } catch (err) {
-          if (err instanceof ProtocolError && err.code !== 'MILTERD_PROTO_UNKNOWN_COMMAND') {
-            this.#malformed(frame.code, err);
-            continue;
-          }
-          this.#fatal(err);
-          break;
-        }
-        const r = this.#handle(cmd);
+        const r = this.#frame(frame);
+        if (r === FATAL) break;
         if (r !== undefined) {
           this.#flush();
           r.then(
@@ -299,6 +292,20 @@ export class Session {
       this.#paused = false;
       this.#t.resume();
     }
+  }
+
+  /** Decodes and handles one frame: a promise when it must wait, FATAL when the connection is closing. */
+  #frame(frame: Frame): Promise<void> | undefined | typeof FATAL {
+    let cmd: MilterCommand;
+    try {
+      cmd = decodeCommand(frame);
+    } catch (err) {
+      // A malformed command of a known kind costs the message, not the connection.
+      if (err instanceof ProtocolError && err.code !== 'MILTERD_PROTO_UNKNOWN_COMMAND') return this.#malformed(frame.code, err);
+      this.#fatal(err);
+      return FATAL;
+    }
+    return this.#handle(cmd);
   }
 
   #flush(): void {
@@ -339,13 +346,24 @@ export class Session {
     void this.end();
   }
 
-  #malformed(code: number, err: ProtocolError): void {
+  /**
+   * A command that does not decode: the message (if any) is abandoned and the MTA gets a
+   * TEMPFAIL. The abort is awaited before the next command, like any other: the filters' abort
+   * hooks must not finish (and reset message state) after the next message has begun.
+   */
+  #malformed(code: number, err: ProtocolError): Promise<void> | undefined {
     this.#log.warn(
       { code: 'MILTERD_SESSION_MALFORMED', cause: err.code, err: err.message, command: String.fromCharCode(code), state: this.#state },
       `malformed ${String.fromCharCode(code)} command: ${err.message}`,
     );
-    if (this.#msg !== undefined) this.#abortMessage();
-    if (this.#wantsReply(code)) this.#send(PACKET_TEMPFAIL);
+    const reply = (): void => {
+      if (this.#wantsReply(code)) this.#send(PACKET_TEMPFAIL);
+    };
+    if (this.#msg === undefined) {
+      reply();
+      return undefined;
+    }
+    return this.#abortMessage().then(reply);
   }
 
   /** Handles one command. Returns a promise only when it must wait (filters, I/O). */

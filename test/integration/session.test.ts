@@ -364,6 +364,37 @@ test('a malformed payload gets TEMPFAIL, is logged, and the connection goes on',
   await clean(c);
 });
 
+test('the abort after a malformed command completes before the next message starts (a slow abort hook cannot reset the next message)', async (t) => {
+  const calls: string[] = [];
+  const f = defineFilter({
+    name: 'f',
+    envfrom: () => ({ type: 'accept' }), // done with the message: its eom must not be called
+    envrcpt: () => undefined,
+    abort: async () => {
+      calls.push('abort start');
+      await new Promise((r) => setTimeout(r, 100));
+      calls.push('abort end');
+    },
+    eom: () => void calls.push('eom'),
+  });
+  // A second filter keeps the message going after f's accept at MAIL.
+  const s = await startServer([{ filter: f }, { filter: stamp('b') }]);
+  t.after(() => s.stop());
+  const c = await s.connect();
+  await open(c);
+  await c.mail('<a@b>');
+  c.sendRaw(Buffer.from([0, 0, 0, 4, 0x52, 0x3c, 0x61, 0x3e]), 1); // RCPT without its NUL
+  assert.deepEqual(await c.readReply(2000), { kind: 'tempfail' });
+  calls.push('next message');
+  const r = await c.runMessage({ from: '<a@b>', rcpts: ['<c@d>'], body: 'x' });
+  assert.equal(r.eom?.verdict.kind, 'accept');
+  assert.deepEqual(r.eom?.modifications, [{ kind: 'addheader', name: 'X-b', value: ' seen' }]);
+  // Before the fix: MAIL was handled while the abort hook still ran, and its end reset the new
+  // message's state (f's accept at MAIL was forgotten, and f's eom was called).
+  assert.deepEqual(calls, ['abort start', 'abort end', 'next message']);
+  await clean(c);
+});
+
 test('header values reach filters exactly as sent; added headers get their space right with and without HDR_LEADSPC', async (t) => {
   const raws: string[] = [];
   const f = defineFilter({
