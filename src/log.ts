@@ -26,11 +26,10 @@ export function createLogger(options: LogOptions): Logger {
       pretty({ colorize: process.stdout.isTTY === true && !process.env.NO_COLOR, translateTime: 'HH:MM:ss.l', ignore: 'pid,hostname', singleLine: true, sync: true }),
     );
   }
-  if (options.file === undefined) {
-    return pino({ level: options.level, base: { pid: process.pid }, serializers: { err: pino.stdSerializers.err } });
-  }
+  const settings = { level: options.level, base: { pid: process.pid }, serializers: { err: pino.stdSerializers.err } };
+  if (options.file === undefined) return pino(settings);
   const dest = pino.destination({ dest: options.file, append: true, mkdir: true, sync: false });
-  const logger = pino({ level: options.level, base: { pid: process.pid }, serializers: { err: pino.stdSerializers.err } }, dest);
+  const logger = pino(settings, dest);
   files.set(logger, dest);
   return logger;
 }

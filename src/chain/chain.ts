@@ -159,6 +159,21 @@ export interface RunEnv {
   /** SMFIF_ADDRCPT_PAR granted. */
   readonly addRcptArgs: boolean;
   readonly bodyStore: BodyStoreOptions;
+  /**
+   * Told of every hook call and the chain's decision on it (the testing kit's steps). Unset in
+   * the daemon: the hot path then pays one property read per call.
+   */
+  readonly onCall?: (call: CallRecord) => void;
+}
+
+/** One hook call as the chain judged it: its verdict, or the failure its policy answered. */
+export interface CallRecord {
+  readonly filter: string;
+  readonly phase: Phase;
+  readonly decision: Decision;
+  readonly ms: number;
+  /** The entry is in shadow mode: the decision was logged, not applied. */
+  readonly shadow: boolean;
 }
 
 /** Per filter, per connection. */
@@ -208,7 +223,7 @@ class Slot implements FilterContext {
 }
 
 /** A hook's result after checks: a verdict, or a failure to be turned into the policy. */
-type Decision = { readonly ok: true; readonly verdict: Outcome } | { readonly ok: false; readonly error: MilterdError };
+export type Decision = { readonly ok: true; readonly verdict: Outcome } | { readonly ok: false; readonly error: MilterdError };
 
 const CONTINUE: Outcome = { type: 'continue' };
 const ACCEPT: Outcome = { type: 'accept' };
@@ -363,6 +378,18 @@ export class ChainRun {
    * promise of one otherwise. A hook that settles after its timeout is ignored entirely.
    */
   #call(slot: Slot, phase: Phase, fn: () => HookResult): Decision | Promise<Decision> {
+    const observe = this.#env.onCall;
+    if (observe === undefined) return this.#invoke(slot, phase, fn);
+    const t0 = performance.now();
+    const report = (decision: Decision): Decision => {
+      observe({ filter: slot.entry.name, phase, decision, ms: performance.now() - t0, shadow: slot.entry.shadow === true });
+      return decision;
+    };
+    const d = this.#invoke(slot, phase, fn);
+    return isThenable(d) ? d.then(report) : report(d);
+  }
+
+  #invoke(slot: Slot, phase: Phase, fn: () => HookResult): Decision | Promise<Decision> {
     const budget = slot.entry.messageBudgetMs - slot.msgElapsed;
     if (budget <= 0) {
       return fail('MILTERD_FILTER_MESSAGE_BUDGET', `used its ${slot.entry.messageBudgetMs} ms budget for this message`);
@@ -512,7 +539,7 @@ function thrown(err: unknown): Decision {
 }
 
 /** Validates what a hook returned, including its reply code (never sent if invalid). */
-export function checkVerdict(phase: Phase, v: unknown): Decision {
+function checkVerdict(phase: Phase, v: unknown): Decision {
   if (v === undefined) return { ok: true, verdict: CONTINUE };
   if (v === null || typeof v !== 'object' || typeof (v as { type?: unknown }).type !== 'string') {
     return fail('MILTERD_FILTER_BAD_VERDICT', `${phase} returned ${describe(v)}, not a verdict`);

@@ -4,10 +4,9 @@
  * an MTA would get. Used by the plugin testing kit and by `milterd test`.
  * @module
  */
-import { performance } from 'node:perf_hooks';
-import { Chain, ChainRun, checkVerdict, DEFAULT_CHAIN_DEFAULTS, type Outcome, type Phase } from '../chain/chain.ts';
+import { Chain, ChainRun, DEFAULT_CHAIN_DEFAULTS, type CallRecord, type Outcome } from '../chain/chain.ts';
 import { BodyStore } from '../chain/content.ts';
-import type { ChainEntry, ConnectionInfo, EnvelopeAddress, Filter, FilterAction, HeaderField } from '../chain/filter.ts';
+import type { ChainEntry, ConnectionInfo, EnvelopeAddress, FilterAction, HeaderField } from '../chain/filter.ts';
 import { diffToActions, headerValue, type MessageSnapshot, type WorkHeader } from '../chain/message.ts';
 import { silentLogger, type Logger } from '../log.ts';
 import type { MilterReply } from '../protocol/types.ts';
@@ -84,54 +83,24 @@ function split(a: string): EnvelopeAddress {
   return { address: angle(addr ?? ''), args };
 }
 
-/** Wraps a filter so every call is recorded with its verdict and time. */
-function recorded(f: Filter, steps: TestStep[], shadow: boolean): Filter {
-  const mark = shadow ? { shadow: true as const } : {};
-  const wrap = <A extends unknown[]>(phase: string, fn: ((...a: A) => unknown) | undefined) => {
-    if (fn === undefined) return undefined;
-    return async (...args: A) => {
-      const t0 = performance.now();
-      try {
-        const v = (await fn.apply(f, args)) as { type?: string; reply?: { code: string; xcode?: string; text?: unknown } } | undefined;
-        const ms = performance.now() - t0;
-        // The chain's own check: a bad verdict or reply is a failure (the failure policy applies),
-        // so the step says so instead of showing a reply the MTA never gets.
-        const d = checkVerdict(phase as Phase, v);
-        if (!d.ok) {
-          steps.push({ filter: f.name, phase, verdict: 'error', ms, error: { code: d.error.code, message: d.error.message }, ...mark });
-          return v;
-        }
-        const reply = v?.reply ? [v.reply.code, v.reply.xcode, Array.isArray(v.reply.text) ? v.reply.text.join(' / ') : v.reply.text].filter(Boolean).join(' ') : undefined;
-        steps.push({ filter: f.name, phase, verdict: d.verdict.type, ...(reply ? { reply } : {}), ms, ...mark });
-        return v;
-      } catch (err) {
-        const e = err as { code?: string; message?: string };
-        steps.push({ filter: f.name, phase, verdict: 'error', ms: performance.now() - t0, error: { code: e.code ?? 'MILTERD_FILTER_THREW', message: e.message ?? String(err) }, ...mark });
-        throw err;
-      }
-    };
-  };
+/** A step of the report from the chain's own record of a call. */
+function step(c: CallRecord): TestStep {
+  const d = c.decision;
   return {
-    ...f,
-    connect: wrap('connect', f.connect),
-    helo: wrap('helo', f.helo),
-    envfrom: wrap('envfrom', f.envfrom),
-    envrcpt: wrap('envrcpt', f.envrcpt),
-    data: wrap('data', f.data),
-    unknown: wrap('unknown', f.unknown),
-    eom: wrap('eom', f.eom),
-    abort: f.abort,
-    close: f.close,
-  } as Filter;
+    filter: c.filter,
+    phase: c.phase,
+    verdict: d.ok ? d.verdict.type : 'error',
+    ...(d.ok && 'reply' in d.verdict && d.verdict.reply !== undefined ? { reply: d.verdict.reply } : {}),
+    ms: c.ms,
+    ...(d.ok ? {} : { error: { code: d.error.code, message: d.error.message } }),
+    ...(c.shadow ? { shadow: true as const } : {}),
+  };
 }
 
 /** Runs `msg` through `entries` (in order) as an MTA would, and reports everything. */
 export async function runMessage(entries: readonly ChainEntry[], msg: TestMessage, options: { logger?: Logger } = {}): Promise<TestResult> {
   const steps: TestStep[] = [];
-  const chain = new Chain(
-    entries.map((e) => ({ ...e, filter: recorded(e.filter, steps, e.shadow === true) })),
-    DEFAULT_CHAIN_DEFAULTS,
-  );
+  const chain = new Chain(entries, DEFAULT_CHAIN_DEFAULTS);
   const macros = new Map<string, string>(Object.entries(msg.macros ?? {}).map(([k, v]) => [macroKey(k), v]));
   const logger = options.logger ?? silentLogger();
   const c = msg.client ?? {};
@@ -153,6 +122,7 @@ export async function runMessage(entries: readonly ChainEntry[], msg: TestMessag
     negotiated: ALL_ACTIONS,
     addRcptArgs: true,
     bodyStore: { memoryLimit: 1 << 20 },
+    onCall: (c) => steps.push(step(c)),
   });
 
   const parsed = msg.eml !== undefined ? parseEml(msg.eml) : undefined;
